@@ -1,0 +1,517 @@
+"""Fragmentation-aware packing of bundles onto nodes and GPUs.
+
+The `Placer` holds the free capacity of every node (per GPU in thousandths, CPU in milli, memory
+in MiB) and places whole jobs, all bundles or none. Where a bundle goes is decided by FGD
+(Weng et al., "Beware of Fragmentation", USENIX ATC'23): a node's *fragmentation* is the GPU
+capacity left on it that a job drawn from the workload would not be able to use, weighted by how
+common that kind of job is; each placement goes where fragmentation grows least. That keeps
+large GPUs and whole nodes free for the jobs that need them, where plain first-fit or Ray's
+worst-fit scatter small jobs over them (ray#35422).
+
+Within a node, a shared (fractional) bundle takes the GPU with the least free capacity that
+still fits (best-fit), the same rule as Ray's raylet, so the planner's accounting of shared GPUs
+matches what Ray enforces (notes/ray-2.60.md). Whole GPUs are taken lowest index first.
+
+Nodes in the same state (same GPUs, same free capacity) are interchangeable, so the search runs
+over classes of identical nodes with cached scores; the first node by name in the best class wins.
+Pure: no I/O, no clock, no randomness.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from scheduler.cluster import Node
+from scheduler.gpus import find as find_gpu
+from scheduler.policy.model import (
+    GPU_MILLI,
+    BundleAssignment,
+    BundleDemand,
+    JobDemand,
+    cpu_milli,
+    mib,
+)
+
+PROFILE_SHAPES = 32
+# Growth in fragmentation is compared in steps of a tenth of a GPU; within a step the node left
+# tighter wins (best-fit). Measured on the openb fleet (benchmarks/packing.py), this beats both
+# exact comparison and coarser steps.
+COST_STEP = 0.1
+# the most common demand shapes kept in the workload profile
+
+
+@dataclass(frozen=True, eq=False)
+class NodeType:
+    """What does not change about a node: its GPUs. Interned: one object per distinct type."""
+
+    models: tuple[str, ...]
+    gpu_memory_mib: tuple[int, ...]
+    cc: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A bundle together with the job-level constraints that decide where it may go."""
+
+    bundle: BundleDemand
+    exclusive: bool = False
+    models: frozenset[str] | None = None
+    min_cc: tuple[int, int] | None = None
+
+    @classmethod
+    def of(cls, demand: JobDemand, bundle: BundleDemand) -> Shape:
+        return cls(bundle, demand.exclusive, demand.gpu_models, demand.min_cc)
+
+
+class Sig(NamedTuple):
+    """A node's state: nodes with equal signatures are interchangeable."""
+
+    type: NodeType
+    free: tuple[int, ...]
+    cpu: int
+    mem: int
+
+
+class NodeState:
+    __slots__ = ("idx", "name", "node", "type", "free", "cpu", "mem", "schedulable", "sid")
+
+    def __init__(self, idx: int, node: Node, ntype: NodeType) -> None:
+        self.idx = idx
+        self.name = node.name
+        self.node = node
+        self.type = ntype
+        self.free = [GPU_MILLI] * len(node.gpus)
+        self.cpu = cpu_milli(node.cpus) if node.cpus else 0
+        self.mem = mib(node.memory_gb) if node.memory_gb else 0
+        self.schedulable = node.schedulable
+        self.sid = -1
+
+    def signature(self) -> Sig:
+        return Sig(self.type, tuple(self.free), self.cpu, self.mem)
+
+
+Profile = Sequence[tuple[Shape, float]]
+
+
+def profile_of(
+    demands: Iterable[JobDemand], limit: int = PROFILE_SHAPES
+) -> list[tuple[Shape, float]]:
+    """The workload's distribution of bundle shapes (the `limit` most common), weights sum to 1."""
+    counts: dict[Shape, int] = {}
+    for d in demands:
+        for b in d.bundles:
+            if b.gpus:
+                s = Shape.of(d, b)
+                counts[s] = counts.get(s, 0) + 1
+    ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:limit]
+    total = sum(c for _, c in ranked)
+    return [(s, c / total) for s, c in ranked] if total else []
+
+
+@dataclass(frozen=True)
+class _Eval:
+    """Placing `count` bundles of one shape on a node of some class: the outcome."""
+
+    delta: float  # growth of expected fragmentation, in thousandths of a GPU
+    leftover: int  # free GPU thousandths left on the node (less = tighter packing)
+    picks: tuple[tuple[tuple[int, ...], int], ...]  # per bundle: GPU indices and share
+    model: str | None
+
+
+class Placer:
+    """Free capacity of a cluster and the placement of jobs onto it, all or nothing."""
+
+    def __init__(
+        self,
+        nodes: Sequence[Node],
+        profile: Profile = (),
+        speeds: Mapping[tuple[str, str], float] | None = None,
+    ) -> None:
+        types: dict[tuple[tuple[str, ...], tuple[int, ...], tuple[tuple[int, int], ...]], NodeType]
+        types = {}
+        self.nodes: list[NodeState] = []
+        for i, node in enumerate(sorted(nodes, key=lambda n: n.name)):
+            key = (
+                tuple(g.model for g in node.gpus),
+                tuple(mib(g.memory_gb) for g in node.gpus),
+                tuple(g.compute_capability for g in node.gpus),
+            )
+            if key not in types:
+                types[key] = NodeType(*key)
+            self.nodes.append(NodeState(i, node, types[key]))
+        self.by_name = {n.name: n for n in self.nodes}
+        self.profile = list(profile)
+        self.speeds = dict(speeds or {})
+        # States and shapes are numbered once, so the hot loop hashes small integers only.
+        self._sig_ids: dict[Sig, int] = {}
+        self._sigs: list[Sig] = []
+        self._shape_ids: dict[Shape, int] = {}
+        self.classes: dict[int, list[int]] = {}  # state id -> indices of nodes in that state
+        for n in self.nodes:
+            n.sid = self._sid(n)
+            if n.schedulable:
+                self.classes.setdefault(n.sid, []).append(n.idx)
+        self._frag: dict[int, float] = {}
+        self._evals: dict[tuple[int, int, int], _Eval | None] = {}
+        self._shares: dict[tuple[NodeType, Shape], tuple[int | None, ...]] = {}
+        self._log: list[tuple[int, tuple[int, ...], int, int, int]] | None = None
+
+    def copy(self) -> Placer:
+        """An independent placer in the same state (caches are shared: they key on state)."""
+        other = Placer.__new__(Placer)
+        other.nodes = []
+        for n in self.nodes:
+            c = NodeState.__new__(NodeState)
+            c.idx, c.name, c.node, c.type = n.idx, n.name, n.node, n.type
+            c.free, c.cpu, c.mem, c.schedulable = list(n.free), n.cpu, n.mem, n.schedulable
+            c.sid = n.sid
+            other.nodes.append(c)
+        other.by_name = {n.name: n for n in other.nodes}
+        other.profile = self.profile
+        other.speeds = self.speeds
+        other.classes = {sid: list(members) for sid, members in self.classes.items()}
+        other._sig_ids, other._sigs, other._shape_ids = self._sig_ids, self._sigs, self._shape_ids
+        other._frag, other._evals, other._shares = self._frag, self._evals, self._shares
+        other._log = None
+        return other
+
+    # ----------------------------------------------------------------- accounting
+
+    def _sid(self, n: NodeState) -> int:
+        sig = n.signature()
+        sid = self._sig_ids.get(sig)
+        if sid is None:
+            sid = self._sig_ids[sig] = len(self._sigs)
+            self._sigs.append(sig)
+        return sid
+
+    def shape_id(self, shape: Shape) -> int:
+        found = self._shape_ids.get(shape)
+        if found is None:
+            found = self._shape_ids[shape] = len(self._shape_ids)
+        return found
+
+    def shares(self, ntype: NodeType, shape: Shape) -> tuple[int | None, ...]:
+        """Per GPU of a node type: the share this shape takes there, or None where not allowed."""
+        key = (ntype, shape)
+        found = self._shares.get(key)
+        if found is not None:
+            return found
+        b = shape.bundle
+        out: list[int | None] = []
+        for model, mem, cc in zip(ntype.models, ntype.gpu_memory_mib, ntype.cc, strict=True):
+            ok = (
+                (shape.models is None or model in shape.models)
+                and (shape.min_cc is None or cc >= shape.min_cc)
+                and (b.gpu_memory_mib is None or mem >= b.gpu_memory_mib)
+            )
+            out.append(b.share_on(mem, shape.exclusive) if ok else None)
+        result = tuple(out)
+        self._shares[key] = result
+        return result
+
+    def _unlist(self, n: NodeState) -> None:
+        members = self.classes[n.sid]
+        members.pop(bisect.bisect_left(members, n.idx))
+        if not members:
+            del self.classes[n.sid]
+
+    def allocate(
+        self, node: str | int, gpus: Sequence[int], share: int, cpu: int, mem: int
+    ) -> None:
+        """Take capacity on a node (negative amounts give it back)."""
+        n = self.nodes[node] if isinstance(node, int) else self.by_name[node]
+        idxs = tuple(g for g in gpus if 0 <= g < len(n.free))
+        if n.schedulable:
+            self._unlist(n)
+        for g in idxs:
+            n.free[g] -= share
+        n.cpu -= cpu
+        n.mem -= mem
+        n.sid = self._sid(n)
+        if n.schedulable:
+            bisect.insort(self.classes.setdefault(n.sid, []), n.idx)
+        if self._log is not None:
+            self._log.append((n.idx, idxs, share, cpu, mem))
+
+    def release(self, node: str | int, gpus: Sequence[int], share: int, cpu: int, mem: int) -> None:
+        self.allocate(node, gpus, -share, -cpu, -mem)
+
+    def allocate_assignments(
+        self, demand: JobDemand, bundles: Sequence[BundleAssignment], sign: int = 1
+    ) -> None:
+        """Account (sign 1) or give back (sign -1) a job's bundles; unknown nodes are skipped."""
+        for a, b in zip(bundles, demand.bundles, strict=False):
+            if a.node in self.by_name:
+                self.allocate(
+                    a.node,
+                    a.gpus,
+                    sign * (a.gpu_milli if a.gpus else 0),
+                    sign * b.cpu_milli,
+                    sign * b.memory_mib,
+                )
+
+    def begin(self) -> tuple[int, bool]:
+        """Start (or nest) recording allocations so that `end` can undo them."""
+        if self._log is None:
+            self._log = []
+            return 0, True
+        return len(self._log), False
+
+    def end(self, token: tuple[int, bool], keep: bool) -> None:
+        """Keep or undo what was allocated since `begin` returned `token`."""
+        mark, outer = token
+        assert self._log is not None
+        if not keep:
+            undo = self._log[mark:]
+            del self._log[mark:]
+            log, self._log = self._log, None
+            for idx, gpus, share, cpu, mem in reversed(undo):
+                self.allocate(idx, gpus, -share, -cpu, -mem)
+            self._log = log
+        if outer:
+            self._log = None
+
+    # ------------------------------------------------------------- fragmentation
+
+    def fragmentation(self, sid: int) -> float:
+        """Expected GPU thousandths on a node in state `sid` that the workload cannot use."""
+        found = self._frag.get(sid)
+        if found is not None:
+            return found
+        ntype, free, cpu, mem = self._sigs[sid]
+        frees = [f if f > 0 else 0 for f in free]
+        total = sum(frees)
+        result = 0.0
+        if total:
+            for shape, w in self.profile:
+                b = shape.bundle
+                if cpu < b.cpu_milli or mem < b.memory_mib:
+                    result += w * total
+                    continue
+                usable = 0
+                count = 0
+                for f, s in zip(frees, self.shares(ntype, shape), strict=True):
+                    if s is not None and f >= s:
+                        count += 1
+                        usable += f
+                result += w * (total - usable if count >= b.gpus else total)
+        self._frag[sid] = result
+        return result
+
+    # ------------------------------------------------------------------ search
+
+    @staticmethod
+    def _pick(
+        ntype: NodeType,
+        shares: tuple[int | None, ...],
+        free: list[int],
+        gpus: int,
+        taken: set[int],
+    ) -> tuple[tuple[int, ...], int, str | None] | None:
+        """GPUs of one model for one bundle: best-fit for shared GPUs, lowest index for whole.
+
+        A job never shares a GPU with itself: GPUs in `taken` (its other bundles) are skipped.
+        """
+        if gpus == 0:
+            return (), 0, None
+        by_model: dict[str, list[int]] = {}
+        for g, s in enumerate(shares):
+            if s is not None and free[g] >= s and g not in taken:
+                by_model.setdefault(ntype.models[g], []).append(g)
+        for model in sorted(by_model, key=lambda m: (ntype.gpu_memory_mib[by_model[m][0]], m)):
+            cands = by_model[model]
+            if len(cands) < gpus:
+                continue
+            share = shares[cands[0]]
+            assert share is not None
+            if share < GPU_MILLI:
+                cands = sorted(cands, key=lambda g: (free[g], g))
+            return tuple(sorted(cands[:gpus])), share, model
+        return None
+
+    def evaluate(self, sid: int, shape: Shape, count: int) -> _Eval | None:
+        """Place `count` bundles of `shape` on a node in state `sid`; count 0 = as many as fit."""
+        key = (sid, self.shape_id(shape), count)
+        if key in self._evals:
+            return self._evals[key]
+        ntype, free_t, cpu, mem = self._sigs[sid]
+        b = shape.bundle
+        shares = self.shares(ntype, shape)
+        free = list(free_t)
+        picks: list[tuple[tuple[int, ...], int]] = []
+        model: str | None = None
+        target = count or 1024
+        taken: set[int] = set()
+        while len(picks) < target:
+            if cpu < b.cpu_milli or mem < b.memory_mib:
+                break
+            got = self._pick(ntype, shares, free, b.gpus, taken)
+            if got is None or (model is not None and got[2] != model):
+                break
+            gidx, share, model = got
+            taken.update(gidx)
+            for g in gidx:
+                free[g] -= share
+            cpu -= b.cpu_milli
+            mem -= b.memory_mib
+            picks.append((gidx, share))
+        result: _Eval | None = None
+        if picks and (count == 0 or len(picks) == count):
+            after = Sig(ntype, tuple(free), cpu, mem)
+            aid = self._sig_ids.get(after)
+            if aid is None:
+                aid = self._sig_ids[after] = len(self._sigs)
+                self._sigs.append(after)
+            result = _Eval(
+                self.fragmentation(aid) - self.fragmentation(sid),
+                sum(f for f in free if f > 0),
+                tuple(picks),
+                model,
+            )
+        self._evals[key] = result
+        return result
+
+    def _speed(self, demand: JobDemand, model: str | None) -> float:
+        if model is None:
+            return 1.0
+        s = self.speeds.get((demand.job, model))
+        if s is None:
+            g = find_gpu(model)
+            s = g.relative_speed if g is not None else 1.0
+        return max(s, 1e-6)
+
+    def _best_speed(self, demand: JobDemand, shape: Shape) -> float:
+        best = 0.0
+        for t in {n.type for n in self.nodes}:
+            for g, s in enumerate(self.shares(t, shape)):
+                if s is not None:
+                    best = max(best, self._speed(demand, t.models[g]))
+        return best or 1.0
+
+    def _choose(
+        self,
+        demand: JobDemand,
+        shape: Shape,
+        count: int,
+        avoid: set[int],
+        best_speed: float,
+        most: bool = False,
+    ) -> tuple[int, _Eval] | None:
+        """The node for `count` bundles (0: as many as fit), cheapest first; `most` = most first."""
+        best: tuple[tuple[float, ...], int, _Eval] | None = None
+        evals = self._evals
+        shid = self.shape_id(shape)
+        for sid, members in self.classes.items():
+            ekey = (sid, shid, count)
+            ev = evals[ekey] if ekey in evals else self.evaluate(sid, shape, count)
+            if ev is None:
+                continue
+            idx = members[0]
+            if avoid:
+                idx = next((m for m in members if m not in avoid), -1)
+                if idx < 0:
+                    continue
+            cost = ev.delta / GPU_MILLI
+            if demand.speed_sensitive and ev.model is not None:
+                gpus = shape.bundle.gpus * len(ev.picks)
+                cost += gpus * (best_speed / self._speed(demand, ev.model) - 1.0)
+            key = (-len(ev.picks) if most else 0, round(cost / COST_STEP), ev.leftover, idx)
+            if best is None or key < best[0]:
+                best = (key, idx, ev)
+        return None if best is None else (best[1], best[2])
+
+    def _apply(
+        self, idx: int, shape: Shape, ev: _Eval, hidden: list[tuple[int, int, int]] | None = None
+    ) -> list[BundleAssignment]:
+        """Take what `ev` picked on node idx. With `hidden`, the rest of each GPU taken is
+        held too (and noted there) so later bundles of the same job cannot share it."""
+        out = []
+        b = shape.bundle
+        n = self.nodes[idx]
+        for gidx, share in ev.picks:
+            self.allocate(idx, gidx, share, b.cpu_milli, b.memory_mib)
+            out.append(BundleAssignment(n.name, gidx, share if gidx else GPU_MILLI))
+            if hidden is not None:
+                for g in gidx:
+                    if n.free[g] > 0:
+                        hidden.append((idx, g, n.free[g]))
+                        self.allocate(idx, (g,), n.free[g], 0, 0)
+        return out
+
+    def place(self, demand: JobDemand) -> tuple[BundleAssignment, ...] | None:
+        """Place every bundle of the job, or none; on success the capacity is taken."""
+        if not demand.bundles:
+            return ()
+        shape = Shape.of(demand, demand.bundles[0])
+        if any(Shape.of(demand, b) != shape for b in demand.bundles):
+            return self._place_each(demand)
+        n = len(demand.bundles)
+        best_speed = self._best_speed(demand, shape) if demand.speed_sensitive else 1.0
+        token = self.begin()
+        placed: list[BundleAssignment] = []
+        hidden: list[tuple[int, int, int]] = []
+        ok = False
+        if demand.placement == "spread" and n > 1:
+            used: set[int] = set()
+            for _ in range(n):
+                got = self._choose(demand, shape, 1, used, best_speed)
+                if got is None:
+                    got = self._choose(demand, shape, 1, set(), best_speed)
+                if got is None:
+                    break
+                used.add(got[0])
+                placed += self._apply(got[0], shape, got[1], hidden)
+            ok = len(placed) == n
+        else:
+            got = self._choose(demand, shape, n, set(), best_speed)
+            if got is not None:
+                placed = self._apply(got[0], shape, got[1])
+                ok = True
+            elif demand.placement == "pack" and n > 1:
+                while len(placed) < n:
+                    got = self._choose(demand, shape, 0, set(), best_speed, most=True)
+                    if got is None:
+                        break
+                    idx, ev = got
+                    take = min(len(ev.picks), n - len(placed))
+                    if take < len(ev.picks):
+                        exact = self.evaluate(self.nodes[idx].sid, shape, take)
+                        assert exact is not None
+                        ev = exact
+                    placed += self._apply(idx, shape, ev, hidden)
+                ok = len(placed) == n
+        for idx, g, amount in hidden:
+            self.allocate(idx, (g,), -amount, 0, 0)
+        self.end(token, keep=ok)
+        return tuple(placed) if ok else None
+
+    def _place_each(self, demand: JobDemand) -> tuple[BundleAssignment, ...] | None:
+        """Bundles of different shapes: one at a time (strict_pack: all on the first's node)."""
+        token = self.begin()
+        placed: list[BundleAssignment] = []
+        for b in demand.bundles:
+            shape = Shape.of(demand, b)
+            got = self._choose(demand, shape, 1, set(), 1.0)
+            if got is not None and demand.placement == "strict_pack" and placed:
+                ev = self.evaluate(self.by_name[placed[0].node].sid, shape, 1)
+                got = None if ev is None else (self.by_name[placed[0].node].idx, ev)
+            if got is None:
+                break
+            placed += self._apply(got[0], shape, got[1])
+        ok = len(placed) == len(demand.bundles)
+        self.end(token, keep=ok)
+        return tuple(placed) if ok else None
+
+    def fits(self, demand: JobDemand) -> bool:
+        """Whether the job would fit now; changes nothing."""
+        token = self.begin()
+        got = self.place(demand)
+        self.end(token, keep=False)
+        return got is not None
+
+    def unallocated_gpu_milli(self) -> int:
+        return sum(f for n in self.nodes for f in n.free if f > 0)

@@ -1,0 +1,382 @@
+"""`plan(snapshot, queue, running, now) -> Plan`: one scheduling round, as a pure function.
+
+The round, in order:
+  1. Free capacity = the snapshot's nodes minus what running jobs hold.
+  2. Queue order: priority first (high, normal, low); within a priority, weighted fair share
+     across communities: the community holding the fewest GPUs per unit of weight goes next
+     (ties: fewer attained GPU-seconds per weight, then name); within a community, FIFO.
+  3. Each job in that order is placed if it fits (packing.Placer: fragmentation-aware, all
+     bundles or none) without delaying a job that holds a reservation (backfill).
+  4. A `high` job that does not fit may preempt `low` preemptible jobs: the set that loses the
+     fewest GPU-seconds since their last checkpoint, and only if the job then fits.
+  5. A job that still does not fit gets a reserved start (the earliest time that running jobs'
+     expected ends free enough room), up to MAX_RESERVATIONS jobs; later, smaller jobs may start
+     ahead of it only where they end before that time or leave its resources alone.
+  6. Every job left waiting gets its reasons, with numbers, counted per cause.
+No I/O, no clock (`now` is an argument), no randomness: the same input gives the same plan.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from scheduler.cluster import ClusterSnapshot
+from scheduler.policy.model import (
+    PRIORITY_NAMES,
+    BundleAssignment,
+    JobDemand,
+    Placement,
+    Plan,
+    Preemption,
+    QueuedJob,
+    RunningJob,
+    Waiting,
+)
+from scheduler.policy.packing import Placer, profile_of
+from scheduler.policy.reasons import describe_need, duration, explain
+
+MAX_RESERVATIONS = 8  # blocked jobs that hold a reserved start; later ones simply wait
+PREEMPTION_NODE_TRIES = 16  # nodes tried one by one when looking for the cheapest victims
+
+
+@dataclass
+class _Reservation:
+    job: str
+    start: float
+    bundles: tuple[BundleAssignment, ...]
+    demand: JobDemand
+    # capacity that jobs ending before `start` give back by then: node -> per-GPU, cpu, mem
+    released: dict[str, list[int]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Active:
+    """A job holding capacity during the round: running before it, or placed in it."""
+
+    demand: JobDemand
+    bundles: tuple[BundleAssignment, ...]
+    end: float
+
+
+class _Round:
+    def __init__(
+        self,
+        snapshot: ClusterSnapshot,
+        queue: Sequence[QueuedJob],
+        running: Sequence[RunningJob],
+        now: float,
+    ) -> None:
+        self.snapshot = snapshot
+        self.now = now
+        self.running = {r.demand.job: r for r in running}
+        self.queue = [q.demand for q in queue if q.demand.job not in self.running]
+        profile = profile_of([*self.queue, *(r.demand for r in running)])
+        self.placer = Placer(snapshot.nodes, profile, snapshot.speeds)
+        self.active: dict[str, _Active] = {}
+        for r in running:
+            self.placer.allocate_assignments(r.demand, r.bundles)
+            self.active[r.demand.job] = _Active(r.demand, r.bundles, r.expected_end(now))
+        self.placements: list[Placement] = []
+        self.preemptions: list[Preemption] = []
+        self.reservations: list[_Reservation] = []
+        self.blocked: dict[str, str] = {}  # job -> reason that is not about capacity
+        self.notes: dict[str, list[str]] = {}
+        self.order: list[JobDemand] = []
+
+    # ------------------------------------------------------------------ 2. order
+
+    def ordered(self) -> list[JobDemand]:
+        """The queue in the order jobs are considered (ordering only; placement is separate)."""
+        return [d for d, _ in self._walk(place=False)]
+
+    def _walk(self, place: bool) -> list[tuple[JobDemand, bool]]:
+        weights = self.snapshot.community_weights
+        held: dict[str, float] = {}
+        attained: dict[str, float] = {}
+        for r in self.running.values():
+            c = r.demand.community
+            held[c] = held.get(c, 0.0) + r.gpus_held()
+            attained[c] = attained.get(c, 0.0) + r.attained_gpu_seconds
+        out: list[tuple[JobDemand, bool]] = []
+        for prio in sorted({d.priority for d in self.queue}, reverse=True):
+            fifo: dict[str, deque[JobDemand]] = {}
+            for d in sorted(
+                (d for d in self.queue if d.priority == prio),
+                key=lambda d: (d.submitted_at, d.job),
+            ):
+                fifo.setdefault(d.community, deque()).append(d)
+            while fifo:
+
+                def share(c: str) -> tuple[float, float, str]:
+                    w = max(weights.get(c, 1.0), 1e-9)
+                    return (held.get(c, 0.0) / w, attained.get(c, 0.0) / w, c)
+
+                c = min(fifo, key=share)
+                d = fifo[c].popleft()
+                if not fifo[c]:
+                    del fifo[c]
+                placed = self.consider(d) if place else False
+                if placed:
+                    held[c] = held.get(c, 0.0) + d.gpus
+                out.append((d, placed))
+        return out
+
+    # ------------------------------------------------------------ 3.-5. placing
+
+    def _end(self, d: JobDemand) -> float:
+        return self.now + d.runtime_s if d.runtime_s is not None else math.inf
+
+    def _holds(self, end: float) -> list[tuple[str, list[int], int, int]]:
+        """Capacity that a job ending at `end` must leave alone so no reservation slips."""
+        out = []
+        for r in self.reservations:
+            if end <= r.start:
+                continue
+            need: dict[str, list[int]] = {}
+            for a, b in zip(r.bundles, r.demand.bundles, strict=True):
+                n = self.placer.by_name[a.node]
+                row = need.setdefault(a.node, [0] * (len(n.free) + 2))
+                for g in a.gpus:
+                    row[g] += a.gpu_milli
+                row[-2] += b.cpu_milli
+                row[-1] += b.memory_mib
+            for node, row in need.items():
+                rel = r.released.get(node, [0] * len(row))
+                held = [max(0, x - y) for x, y in zip(row, rel, strict=True)]
+                out.append((node, held[:-2], held[-2], held[-1]))
+        return out
+
+    def _place_respecting(self, d: JobDemand) -> tuple[BundleAssignment, ...] | None:
+        holds = self._holds(self._end(d))
+        if not holds:
+            return self.placer.place(d)
+        token = self.placer.begin()
+        for node, gpus, cpu, mem in holds:
+            for g, amount in enumerate(gpus):
+                if amount:
+                    self.placer.allocate(node, (g,), amount, 0, 0)
+            self.placer.allocate(node, (), 0, cpu, mem)
+        got = self.placer.place(d)
+        self.placer.end(token, keep=False)
+        if got is not None:
+            self.placer.allocate_assignments(d, got)
+        return got
+
+    def _record(self, d: JobDemand, bundles: tuple[BundleAssignment, ...]) -> None:
+        self.placements.append(Placement(d.job, bundles))
+        end = self._end(d)
+        self.active[d.job] = _Active(d, bundles, end)
+        for r in self.reservations:
+            if end <= r.start:
+                _add_release(r, self.placer, d, bundles)
+
+    def consider(self, d: JobDemand) -> bool:
+        got = self._place_respecting(d)
+        if got is not None:
+            self._record(d, got)
+            return True
+        if self.reservations and self.placer.fits(d):
+            r = min(self.reservations, key=lambda r: r.start)
+            self.blocked[d.job] = (
+                f"fits now, but would delay {r.job}, reserved to start in"
+                f" {duration(r.start - self.now)}"
+                + (
+                    f"; it could start now if it ended sooner (expected {duration(d.runtime_s)})"
+                    if d.runtime_s is not None
+                    else ""
+                )
+            )
+            return False
+        if d.priority == 2 and self._preempt_for(d):
+            got = self.placer.place(d)
+            assert got is not None  # _preempt_for only succeeds when the job then fits
+            self._record(d, got)
+            return True
+        if len(self.reservations) < MAX_RESERVATIONS:
+            self._reserve(d)
+        return False
+
+    # ----------------------------------------------------------- 4. preemption
+
+    def _lost(self, r: RunningJob) -> float:
+        since = r.checkpointed_at if r.checkpointed_at is not None else r.started_at
+        return r.gpus_held() * max(0.0, self.now - since)
+
+    def _greedy_victims(self, d: JobDemand, order: list[RunningJob]) -> list[RunningJob] | None:
+        """Release victims in `order` until `d` fits, then keep only those still needed."""
+        token = self.placer.begin()
+        chosen: list[RunningJob] = []
+        fits = False
+        for r in order:
+            self.placer.allocate_assignments(r.demand, r.bundles, sign=-1)
+            chosen.append(r)
+            if self.placer.fits(d):
+                fits = True
+                break
+        if fits:
+            for r in sorted(chosen, key=lambda r: (-self._lost(r), r.demand.job)):
+                self.placer.allocate_assignments(r.demand, r.bundles)
+                if self.placer.fits(d):
+                    chosen.remove(r)
+                else:
+                    self.placer.allocate_assignments(r.demand, r.bundles, sign=-1)
+        self.placer.end(token, keep=False)
+        return chosen if fits else None
+
+    def _preempt_for(self, d: JobDemand) -> bool:
+        cands = sorted(
+            (
+                r
+                for r in self.running.values()
+                if r.demand.priority == 0 and r.demand.preemptible and r.demand.job in self.active
+            ),
+            key=lambda r: (self._lost(r), r.demand.job),
+        )
+        if not cands:
+            return False
+        options: list[list[RunningJob]] = []
+        everything = self._greedy_victims(d, cands)
+        if everything is None:
+            self.notes.setdefault(d.job, []).append(
+                f"preempting all {len(cands)} preemptible low-priority"
+                f" job{'s' if len(cands) != 1 else ''} would not make room"
+            )
+            return False
+        options.append(everything)
+        by_node: dict[str, list[RunningJob]] = {}
+        for r in cands:
+            for node in sorted({a.node for a in r.bundles}):
+                by_node.setdefault(node, []).append(r)
+        ranked = sorted(by_node, key=lambda n: (sum(self._lost(r) for r in by_node[n]), n))
+        for node in ranked[:PREEMPTION_NODE_TRIES]:
+            got = self._greedy_victims(d, by_node[node])
+            if got is not None:
+                options.append(got)
+        victims = min(
+            options,
+            key=lambda v: (sum(self._lost(r) for r in v), sorted(r.demand.job for r in v)),
+        )
+        need = describe_need(d)
+        for r in sorted(victims, key=lambda r: r.demand.job):
+            self.placer.allocate_assignments(r.demand, r.bundles, sign=-1)
+            del self.active[r.demand.job]
+            lost = self._lost(r)
+            self.preemptions.append(
+                Preemption(
+                    r.demand.job,
+                    f"preempted for {d.job} ({PRIORITY_NAMES[d.priority]} priority), which {need};"
+                    f" loses {lost:.0f} GPU-seconds since its last checkpoint",
+                )
+            )
+        return True
+
+    # ---------------------------------------------------------- 5. reservation
+
+    def _reserve(self, d: JobDemand) -> None:
+        """Find the earliest time running jobs' expected ends leave room for `d`, and hold it."""
+        ends = sorted(
+            (a for a in self.active.values() if a.end != math.inf),
+            key=lambda a: (a.end, a.demand.job),
+        )
+        if not ends:
+            return
+        scratch = self.placer.copy()
+        for r in self.reservations:
+            scratch.allocate_assignments(r.demand, r.bundles)
+        i = 0
+        while i < len(ends):
+            t = ends[i].end
+            while i < len(ends) and ends[i].end == t:
+                scratch.allocate_assignments(ends[i].demand, ends[i].bundles, sign=-1)
+                i += 1
+            got = scratch.place(d)
+            if got is not None:
+                res = _Reservation(d.job, t, got, d)
+                for a in ends[:i]:
+                    _add_release(res, self.placer, a.demand, a.bundles)
+                self.reservations.append(res)
+                return
+
+    # --------------------------------------------------------------- 6. result
+
+    def result(self) -> Plan:
+        placed = {p.job for p in self.placements}
+        waiting = []
+        cache: dict[JobDemand, list[str]] = {}
+        for d in self.order:
+            if d.job in placed:
+                continue
+            reasons: list[str] = []
+            if d.job in self.blocked:
+                reasons.append(self.blocked[d.job])
+            else:
+                key = _shape_key(d)
+                if key not in cache:
+                    cache[key] = explain(self.placer, d)
+                reasons += cache[key]
+            reasons += self.notes.get(d.job, [])
+            res = next((r for r in self.reservations if r.job == d.job), None)
+            if res is not None:
+                n = sum(1 for a in self.active.values() if a.end <= res.start)
+                reasons.append(
+                    f"reserved to start in {duration(res.start - self.now)}, when"
+                    f" {n} running job{'s' if n != 1 else ''} will have ended"
+                )
+            waiting.append(Waiting(d.job, tuple(reasons)))
+        return Plan(
+            tuple(self.placements),
+            tuple(self.preemptions),
+            tuple(waiting),
+            {r.job: r.start for r in self.reservations},
+        )
+
+
+def _shape_key(d: JobDemand) -> JobDemand:
+    """Jobs that differ only in name, community, priority and time wait for the same reasons."""
+    return JobDemand(
+        job="",
+        community="",
+        priority=0,
+        bundles=d.bundles,
+        placement=d.placement,
+        exclusive=d.exclusive,
+        gpu_models=d.gpu_models,
+        min_cc=d.min_cc,
+    )
+
+
+def _add_release(
+    r: _Reservation, placer: Placer, d: JobDemand, bundles: Sequence[BundleAssignment]
+) -> None:
+    for a, b in zip(bundles, d.bundles, strict=False):
+        if a.node not in placer.by_name:
+            continue
+        n = placer.by_name[a.node]
+        row = r.released.setdefault(a.node, [0] * (len(n.free) + 2))
+        for g in a.gpus:
+            if 0 <= g < len(n.free):
+                row[g] += a.gpu_milli
+        row[-2] += b.cpu_milli
+        row[-1] += b.memory_mib
+
+
+def plan(
+    snapshot: ClusterSnapshot,
+    queue: Sequence[QueuedJob],
+    running: Sequence[RunningJob] = (),
+    now: float = 0.0,
+) -> Plan:
+    """Decide where queued jobs run now, whom to preempt, and why the rest wait."""
+    rnd = _Round(snapshot, queue, running, now)
+    rnd.order = [d for d, _ in rnd._walk(place=True)]
+    return rnd.result()
+
+
+def queue_order(
+    snapshot: ClusterSnapshot, queue: Sequence[QueuedJob], running: Sequence[RunningJob] = ()
+) -> list[str]:
+    """The order in which `plan` would consider the queued jobs, assuming none is placed."""
+    return [d.job for d in _Round(snapshot, queue, running, 0.0).ordered()]
