@@ -563,8 +563,8 @@ class FineTuneSection(_Strict):
     checkpoint_every: Annotated[
         Literal["auto"] | Annotated[int, Field(gt=0, le=10_000_000)],
         Field(
-            description='Optimiser steps between checkpoints, or "auto" (about every 10 '
-            "minutes, so a preempted job loses little)."
+            description='Optimiser steps between checkpoints, or "auto": the Young/Daly '
+            "interval from the measured checkpoint cost and the nodes' expected time to failure."
         ),
     ] = "auto"
     output: Annotated[Output, Field(description="Where the trained adapter goes.")] = Field(

@@ -20,6 +20,7 @@ Pure: no I/O, no clock, no randomness.
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -40,6 +41,8 @@ PROFILE_SHAPES = 32
 # tighter wins (best-fit). Measured on the openb fleet (benchmarks/packing.py), this beats both
 # exact comparison and coarser steps.
 COST_STEP = 0.1
+# Faster GPUs are preferred in steps of 10% of speed, after fragmentation and contention.
+SPEED_STEP = math.log(1.1)
 # the most common demand shapes kept in the workload profile
 
 
@@ -143,8 +146,10 @@ class Placer:
                 types[key] = NodeType(*key)
             self.nodes.append(NodeState(i, node, types[key]))
         self.by_name = {n.name: n for n in self.nodes}
+        self.types = list(types.values())
         self.profile = list(profile)
         self.speeds = dict(speeds or {})
+        self._catalogue_speed: dict[str, float] = {}
         # States and shapes are numbered once, so the hot loop hashes small integers only.
         self._sig_ids: dict[Sig, int] = {}
         self._sigs: list[Sig] = []
@@ -157,6 +162,7 @@ class Placer:
         self._frag: dict[int, float] = {}
         self._evals: dict[tuple[int, int, int], _Eval | None] = {}
         self._shares: dict[tuple[NodeType, Shape], tuple[int | None, ...]] = {}
+        self.pressure = self._pressures()
         self._log: list[tuple[int, tuple[int, ...], int, int, int]] | None = None
 
     def copy(self) -> Placer:
@@ -170,13 +176,44 @@ class Placer:
             c.sid = n.sid
             other.nodes.append(c)
         other.by_name = {n.name: n for n in other.nodes}
-        other.profile = self.profile
-        other.speeds = self.speeds
+        other.types, other.profile, other.pressure = self.types, self.profile, self.pressure
+        other.speeds, other._catalogue_speed = self.speeds, self._catalogue_speed
         other.classes = {sid: list(members) for sid, members in self.classes.items()}
         other._sig_ids, other._sigs, other._shape_ids = self._sig_ids, self._sigs, self._shape_ids
         other._frag, other._evals, other._shares = self._frag, self._evals, self._shares
         other._log = None
         return other
+
+    def _pressures(self) -> dict[str, float]:
+        """How much of the workload can run only on a subset of GPU models, per model.
+
+        A shape that only some models can take (an allow-list, a memory or compute-capability
+        floor) puts its weight x GPUs, scaled by how scarce those models are, on each of them.
+        Jobs that could run elsewhere then avoid contended models, so constrained jobs are not
+        starved by flexible ones. Shapes that every model can take put no pressure anywhere.
+        """
+        capacity: dict[str, int] = {}
+        for n in self.nodes:
+            if n.schedulable:
+                for m in n.type.models:
+                    capacity[m] = capacity.get(m, 0) + 1
+        total = sum(capacity.values())
+        out = dict.fromkeys(capacity, 0.0)
+        for shape, w in self.profile:
+            if not shape.bundle.gpus:
+                continue
+            eligible = {
+                t.models[g]
+                for t in self.types
+                for g, share in enumerate(self.shares(t, shape))
+                if share is not None and t.models[g] in capacity
+            }
+            if not eligible or len(eligible) == len(capacity):
+                continue
+            scarce = total / sum(capacity[m] for m in eligible)
+            for m in eligible:
+                out[m] += w * shape.bundle.gpus * scarce
+        return {m: round(v, 2) for m, v in out.items()}
 
     # ----------------------------------------------------------------- accounting
 
@@ -311,16 +348,20 @@ class Placer:
         free: list[int],
         gpus: int,
         taken: set[int],
+        only: str | None = None,
     ) -> tuple[tuple[int, ...], int, str | None] | None:
         """GPUs of one model for one bundle: best-fit for shared GPUs, lowest index for whole.
 
         A job never shares a GPU with itself: GPUs in `taken` (its other bundles) are skipped.
+        With `only`, just GPUs of that model are considered.
         """
         if gpus == 0:
             return (), 0, None
         by_model: dict[str, list[int]] = {}
         for g, s in enumerate(shares):
             if s is not None and free[g] >= s and g not in taken:
+                if only is not None and ntype.models[g] != only:
+                    continue
                 by_model.setdefault(ntype.models[g], []).append(g)
         for model in sorted(by_model, key=lambda m: (ntype.gpu_memory_mib[by_model[m][0]], m)):
             cands = by_model[model]
@@ -338,27 +379,42 @@ class Placer:
         key = (sid, self.shape_id(shape), count)
         if key in self._evals:
             return self._evals[key]
-        ntype, free_t, cpu, mem = self._sigs[sid]
+        ntype, free_t, cpu0, mem0 = self._sigs[sid]
         b = shape.bundle
         shares = self.shares(ntype, shape)
-        free = list(free_t)
-        picks: list[tuple[tuple[int, ...], int]] = []
-        model: str | None = None
         target = count or 1024
-        taken: set[int] = set()
-        while len(picks) < target:
-            if cpu < b.cpu_milli or mem < b.memory_mib:
+        # All bundles of a job on one node use one GPU model: try each model the node has,
+        # smallest memory first, and keep the first that holds `count` (or the one holding most).
+        models: list[str | None] = [None]
+        if b.gpus and len(set(ntype.models)) > 1:
+            seen = {m: ntype.gpu_memory_mib[g] for g, m in reversed(list(enumerate(ntype.models)))}
+            models = [m for _, m in sorted((mem_, m) for m, mem_ in seen.items())]
+        picks: list[tuple[tuple[int, ...], int]] = []
+        free: list[int] = list(free_t)
+        cpu, mem = cpu0, mem0
+        model: str | None = None
+        for only in models:
+            t_free, t_cpu, t_mem = list(free_t), cpu0, mem0
+            t_picks: list[tuple[tuple[int, ...], int]] = []
+            t_model: str | None = None
+            taken: set[int] = set()
+            while len(t_picks) < target:
+                if t_cpu < b.cpu_milli or t_mem < b.memory_mib:
+                    break
+                got = self._pick(ntype, shares, t_free, b.gpus, taken, only)
+                if got is None or (t_model is not None and got[2] != t_model):
+                    break
+                gidx, share, t_model = got
+                taken.update(gidx)
+                for g in gidx:
+                    t_free[g] -= share
+                t_cpu -= b.cpu_milli
+                t_mem -= b.memory_mib
+                t_picks.append((gidx, share))
+            if len(t_picks) > len(picks):
+                picks, free, cpu, mem, model = t_picks, t_free, t_cpu, t_mem, t_model
+            if count and len(picks) == count:
                 break
-            got = self._pick(ntype, shares, free, b.gpus, taken)
-            if got is None or (model is not None and got[2] != model):
-                break
-            gidx, share, model = got
-            taken.update(gidx)
-            for g in gidx:
-                free[g] -= share
-            cpu -= b.cpu_milli
-            mem -= b.memory_mib
-            picks.append((gidx, share))
         result: _Eval | None = None
         if picks and (count == 0 or len(picks) == count):
             after = Sig(ntype, tuple(free), cpu, mem)
@@ -375,18 +431,18 @@ class Placer:
         self._evals[key] = result
         return result
 
-    def _speed(self, demand: JobDemand, model: str | None) -> float:
-        if model is None:
-            return 1.0
+    def _speed(self, demand: JobDemand, model: str) -> float:
         s = self.speeds.get((demand.job, model))
         if s is None:
-            g = find_gpu(model)
-            s = g.relative_speed if g is not None else 1.0
+            s = self._catalogue_speed.get(model)
+            if s is None:
+                g = find_gpu(model)
+                s = self._catalogue_speed[model] = g.relative_speed if g is not None else 1.0
         return max(s, 1e-6)
 
     def _best_speed(self, demand: JobDemand, shape: Shape) -> float:
         best = 0.0
-        for t in {n.type for n in self.nodes}:
+        for t in self.types:
             for g, s in enumerate(self.shares(t, shape)):
                 if s is not None:
                     best = max(best, self._speed(demand, t.models[g]))
@@ -415,11 +471,18 @@ class Placer:
                 idx = next((m for m in members if m not in avoid), -1)
                 if idx < 0:
                     continue
-            cost = ev.delta / GPU_MILLI
-            if demand.speed_sensitive and ev.model is not None:
-                gpus = shape.bundle.gpus * len(ev.picks)
-                cost += gpus * (best_speed / self._speed(demand, ev.model) - 1.0)
-            key = (-len(ev.picks) if most else 0, round(cost / COST_STEP), ev.leftover, idx)
+            model = ev.model
+            slower = 0
+            if demand.speed_sensitive and model is not None:
+                slower = round(math.log(best_speed / self._speed(demand, model)) / SPEED_STEP)
+            key = (
+                -len(ev.picks) if most else 0,
+                round(ev.delta / GPU_MILLI / COST_STEP),
+                self.pressure.get(model, 0.0) if model is not None else 0.0,
+                slower,
+                ev.leftover,
+                idx,
+            )
             if best is None or key < best[0]:
                 best = (key, idx, ev)
         return None if best is None else (best[1], best[2])

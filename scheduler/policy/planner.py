@@ -281,24 +281,38 @@ class _Round:
             (a for a in self.active.values() if a.end != math.inf),
             key=lambda a: (a.end, a.demand.job),
         )
-        if not ends:
+        # Room only grows as jobs end, so the earliest start is found by bisection over the
+        # distinct end times: state after the first k ends, k = the index past each time.
+        cuts = [
+            i + 1 for i in range(len(ends)) if i + 1 == len(ends) or ends[i + 1].end != ends[i].end
+        ]
+        if not cuts:
             return
-        scratch = self.placer.copy()
-        for r in self.reservations:
-            scratch.allocate_assignments(r.demand, r.bundles)
-        i = 0
-        while i < len(ends):
-            t = ends[i].end
-            while i < len(ends) and ends[i].end == t:
-                scratch.allocate_assignments(ends[i].demand, ends[i].bundles, sign=-1)
-                i += 1
-            got = scratch.place(d)
-            if got is not None:
-                res = _Reservation(d.job, t, got, d)
-                for a in ends[:i]:
-                    _add_release(res, self.placer, a.demand, a.bundles)
-                self.reservations.append(res)
-                return
+
+        def attempt(k: int) -> tuple[BundleAssignment, ...] | None:
+            scratch = self.placer.copy()
+            for r in self.reservations:
+                scratch.allocate_assignments(r.demand, r.bundles)
+            for a in ends[:k]:
+                scratch.allocate_assignments(a.demand, a.bundles, sign=-1)
+            return scratch.place(d)
+
+        lo, hi = 0, len(cuts) - 1
+        best = attempt(cuts[hi])
+        if best is None:
+            return
+        while lo < hi:
+            mid = (lo + hi) // 2
+            got = attempt(cuts[mid])
+            if got is None:
+                lo = mid + 1
+            else:
+                hi, best = mid, got
+        k = cuts[lo]
+        res = _Reservation(d.job, ends[k - 1].end, best, d)
+        for a in ends[:k]:
+            _add_release(res, self.placer, a.demand, a.bundles)
+        self.reservations.append(res)
 
     # --------------------------------------------------------------- 6. result
 

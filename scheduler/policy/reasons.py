@@ -177,8 +177,7 @@ def explain(placer: Placer, demand: JobDemand) -> list[str]:
     reasons = [head + (": " + "; ".join(causes) if causes else "")]
     if not _fits_idle(placer, demand):
         reasons.append(
-            "no node set can run it even when the cluster is idle;"
-            " ask for less or add nodes that have it"
+            "it cannot run here even on an idle cluster: ask for less, or add nodes that have it"
         )
     return reasons
 
