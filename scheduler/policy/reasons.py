@@ -92,8 +92,9 @@ def _node_cause(
         allowed = [g for g in allowed if shares[g] is not None]
         if not allowed:
             return (4, "gpu-memory", ())
-        if len(allowed) < b.gpus * per_node:
-            return (5, "few-gpus", (len(allowed), len(t.models)))
+        most = _most_of_one_model(t.models, allowed)
+        if most < b.gpus * per_node:
+            return (5, "few-gpus", (most, len(t.models)))
     if cpu < b.cpu_milli * per_node:
         return (6, "cpus", (b.cpu_milli * per_node,))
     if mem < b.memory_mib * per_node:
@@ -101,10 +102,19 @@ def _node_cause(
     if b.gpus and not idle:
         shares = placer.shares(n.type, shape)
         usable = [g for g, s in enumerate(shares) if s is not None]
-        free = sum(1 for g in usable if n.free[g] >= (shares[g] or GPU_MILLI))
-        if free < b.gpus * per_node:
-            return (8, "busy", (free, len(usable)))
+        free = [g for g in usable if n.free[g] >= (shares[g] or GPU_MILLI)]
+        most = _most_of_one_model(n.type.models, free)
+        if most < b.gpus * per_node:
+            return (8, "busy", (most, len(usable)))
     return None
+
+
+def _most_of_one_model(models: tuple[str, ...], gpus: list[int]) -> int:
+    """The most GPUs among `gpus` that share one model (a job's bundles use one model a node)."""
+    counts: dict[str, int] = {}
+    for g in gpus:
+        counts[models[g]] = counts.get(models[g], 0) + 1
+    return max(counts.values(), default=0)
 
 
 def cpu_total(n: NodeState) -> int:
@@ -131,7 +141,7 @@ def _cause_text(key: str, nums: tuple[int, ...], count: int, demand: JobDemand) 
         return _count(count, f"has GPUs < {gb} GB", f"have GPUs < {gb} GB")
     if key == "few-gpus":
         k, total = nums
-        what = f"{k} GPU{'s' if k != 1 else ''}" + (" that fit" if k != total else "")
+        what = f"{k}{' suitable' if k != total else ''} GPU{'s' if k != 1 else ''}"
         return _count(count, f"has only {what}", f"have only {what}")
     if key == "cpus":
         c = _num(nums[0] / 1000)
@@ -193,11 +203,13 @@ def _fits_idle(placer: Placer, demand: JobDemand) -> bool:
     for n in placer.nodes:
         if _node_cause(placer, n, shape, 1, idle=True) is None:
             b = shape.bundle
-            by_gpu = (
-                sum(1 for s in placer.shares(n.type, shape) if s is not None) // b.gpus
-                if b.gpus
-                else len(demand.bundles)
-            )
+            by_gpu = len(demand.bundles)
+            if b.gpus:
+                counts: dict[str, int] = {}
+                for g, s in enumerate(placer.shares(n.type, shape)):
+                    if s is not None:
+                        counts[n.type.models[g]] = counts.get(n.type.models[g], 0) + 1
+                by_gpu = sum(c // b.gpus for c in counts.values())
             by_cpu = cpu_total(n) // b.cpu_milli if b.cpu_milli else len(demand.bundles)
             by_mem = mem_total(n) // b.memory_mib if b.memory_mib else len(demand.bundles)
             slots += min(by_gpu, by_cpu, by_mem)

@@ -175,26 +175,27 @@ class FirstFitPacker(NodeStatePacker):
 
 
 class BestFitPacker(NodeStatePacker):
-    """The node that leaves the least free GPU milli after placement.
+    """The node left with the least free resources after placement (FGD's "Best-fit" baseline).
 
-    Ties go to the least free CPU fraction after, then to node-list order. A CPU-only pod goes to
-    the node with the least free CPU milli after it.
+    A node's leftover is the sum, over CPU, memory and GPU, of the fraction of that node's
+    capacity still free after the pod lands (the GPU term only on GPU nodes); the smallest wins,
+    ties to node-list order.
     """
 
     name = "best-fit"
 
     def choose(self, pod: Pod) -> tuple[NodeState, list[int]] | None:
         best: NodeState | None = None
-        best_key: tuple[float, ...] = ()
+        best_key = 0.0
         for node in self.nodes:
             if not node.can_fit(pod):
                 continue
-            cpu_after = node.cpu_free - pod.cpu_milli
-            if pod.num_gpu:
-                cpu_share = cpu_after / node.cpu_total if node.cpu_total else 0.0
-                key: tuple[float, ...] = (node.gpu_free_sum - pod.gpu_demand_milli, cpu_share)
-            else:
-                key = (cpu_after,)
+            key = (node.cpu_free - pod.cpu_milli) / node.cpu_total if node.cpu_total else 0.0
+            if node.memory_total:
+                key += (node.memory_free - pod.memory_mib) / node.memory_total
+            if node.gpu_free:
+                gpu_total = len(node.gpu_free) * WHOLE_GPU_MILLI
+                key += (node.gpu_free_sum - pod.gpu_demand_milli) / gpu_total
             if best is None or key < best_key:
                 best, best_key = node, key
         return _chosen(pod, best)

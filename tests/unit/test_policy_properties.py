@@ -489,6 +489,20 @@ def test_a_strict_pack_job_goes_where_gpus_of_one_model_hold_all_its_bundles() -
     assert [p.job for p in result.placements] == ["lab/two-workers"], result.to_json()
 
 
+def test_a_job_that_can_never_run_because_its_gpus_would_span_two_models_is_told_so() -> None:
+    cluster = (make_node("a", gpus=[("RTX-3090", 1), ("RTX-4090", 1)]),)
+    d = make_job("tensor-parallel", gpus=2)
+
+    result = plan(ClusterSnapshot(cluster), [QueuedJob(d)])
+
+    assert not result.placements
+    (waiting,) = result.waiting
+    assert waiting.reasons == (
+        "needs 2 GPUs in one node: 1 node has only 1 suitable GPU",
+        "it cannot run here even on an idle cluster: ask for less, or add nodes that have it",
+    )
+
+
 @SETTINGS
 @given(scenarios(contended=True))
 def test_preemption_happens_only_for_a_high_priority_job_that_then_runs_where_victims_were(
