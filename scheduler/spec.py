@@ -5,14 +5,14 @@ after it: ``finetune:``, ``batch:``, ``service:`` or ``probe:``. Every model for
 so a misspelt key is an error that suggests the right one; `parse_job` and `load_jobs` turn every
 problem into a line such as ``job.yaml: finetune.lora.r: Input should be greater than 0``.
 
-Only `load_jobs` touches the file system. GPU names resolve through `scheduler.gpus`.
+The sections and the field types are defined in `scheduler.spec_sections`; this module
+re-exports them. Only `load_jobs` touches the file system. GPU names resolve through
+`scheduler.gpus`.
 """
 
 from __future__ import annotations
 
 import difflib
-import math
-import re
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
@@ -20,21 +20,94 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
     Field,
     TypeAdapter,
     ValidationError,
     ValidationInfo,
     ValidatorFunctionWrapHandler,
-    WithJsonSchema,
     field_validator,
     model_validator,
 )
 from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
 from scheduler.documents import SpecError, load_documents, validate_document
+from scheduler.spec_sections import (
+    MAX_PATH_CHARS,
+    Access,
+    BatchSection,
+    ComputeCapability,
+    DataPath,
+    Dataset,
+    DatasetFormat,
+    DnsLabel,
+    Duration,
+    Engine,
+    FineTuneSection,
+    GpuTypeName,
+    LoRA,
+    LrScheduler,
+    ModelRef,
+    ModuleName,
+    Output,
+    ProbeSection,
+    RegistryName,
+    Replicas,
+    Sampling,
+    ServiceSection,
+    StrictModel,
+    Training,
+    check_registry_name,
+    is_local_path,
+    parse_duration,
+    unique_in_order,
+)
+
+__all__ = [
+    "API_VERSION",
+    "Access",
+    "AnyJob",
+    "BatchInferenceJob",
+    "BatchSection",
+    "ComputeCapability",
+    "DataPath",
+    "Dataset",
+    "DatasetFormat",
+    "DnsLabel",
+    "Duration",
+    "Engine",
+    "FineTuneJob",
+    "FineTuneResources",
+    "FineTuneSection",
+    "GpuTypeName",
+    "JobBase",
+    "JobSpec",
+    "Kind",
+    "LoRA",
+    "LrScheduler",
+    "MAX_EXPECTED_RUNTIME_S",
+    "MAX_PATH_CHARS",
+    "ModelRef",
+    "ModuleName",
+    "Output",
+    "Placement",
+    "Priority",
+    "ProbeJob",
+    "ProbeResources",
+    "ProbeSection",
+    "RegistryName",
+    "Replicas",
+    "Resources",
+    "Sampling",
+    "ServiceJob",
+    "ServiceResources",
+    "ServiceSection",
+    "Training",
+    "is_local_path",
+    "job_json_schema",
+    "load_jobs",
+    "parse_duration",
+    "parse_job",
+]
 
 API_VERSION = "mesh/v1"
 
@@ -72,35 +145,6 @@ class Placement(StrEnum):
     strict_pack = "strict_pack"
 
 
-class Engine(StrEnum):
-    """The inference engine."""
-
-    vllm = "vllm"
-    transformers = "transformers"
-
-
-class Access(StrEnum):
-    """Who may call a Service."""
-
-    public = "public"
-    community = "community"
-
-
-class LrScheduler(StrEnum):
-    """The learning-rate schedule after warm-up."""
-
-    cosine = "cosine"
-    linear = "linear"
-    constant = "constant"
-
-
-class DatasetFormat(StrEnum):
-    """How the rows of a dataset are read."""
-
-    text = "text"
-    chat = "chat"
-
-
 # One entry per kind; a new kind without an entry fails at import.
 _SECTION: dict[Kind, str] = {
     Kind.FineTune: "finetune",
@@ -125,178 +169,13 @@ for _table in (_SECTION, _PREEMPTIBLE, _DEFAULT_RUNTIME_S):
         raise RuntimeError(f"spec tables must cover every Kind; missing {set(Kind) - set(_table)}")
 
 MAX_EXPECTED_RUNTIME_S = 30 * 24 * 3600.0
-MAX_PATH_CHARS = 4096
-
-# ---------------------------------------------------------------------------------------------
-# Value checks shared by several fields
-
-
-_DNS_LABEL_RE = re.compile(r"[a-z]([a-z0-9-]{0,61}[a-z0-9])?")
-_MODEL_NAME_RE = re.compile(r"[a-z0-9]([a-z0-9._-]{0,98}[a-z0-9])?")
-_MODULE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{0,127}")
-_DURATION_RE = re.compile(
-    r"(?:(?P<d>[0-9]+(?:\.[0-9]+)?)d)?(?:(?P<h>[0-9]+(?:\.[0-9]+)?)h)?"
-    r"(?:(?P<m>[0-9]+(?:\.[0-9]+)?)m)?(?:(?P<s>[0-9]+(?:\.[0-9]+)?)s)?"
-)
-_DURATION_UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
-_DURATION_HINT = "write seconds (5400) or a duration like '90s', '45m', '2h', '1h30m', '1d'"
-
-
-def parse_duration(value: str | float | int) -> float:
-    """Seconds in `value`: a number of seconds or a string such as "90s", "2h", "1h30m", "1d"."""
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise ValueError(f"not a duration: {value!r}; {_DURATION_HINT}")
-    if isinstance(value, str):
-        text = value.strip().replace(" ", "")
-        try:
-            seconds = float(text)
-        except ValueError:
-            match = _DURATION_RE.fullmatch(text)
-            if not text or match is None or not any(match.groupdict().values()):
-                raise ValueError(f"not a duration: {value!r}; {_DURATION_HINT}") from None
-            seconds = sum(
-                float(amount) * _DURATION_UNITS[unit]
-                for unit, amount in match.groupdict().items()
-                if amount is not None
-            )
-    else:
-        seconds = float(value)
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"not a duration: {value!r}; {_DURATION_HINT}")
-    return seconds
-
-
-def _optional_duration(value: Any) -> float | None:
-    return None if value is None else parse_duration(value)
-
-
-def _suggest_label(value: str) -> str | None:
-    guess = re.sub(r"[^a-z0-9-]+", "-", value.lower()).strip("-")
-    guess = re.sub(r"-{2,}", "-", guess)[:63].rstrip("-")
-    return guess if _DNS_LABEL_RE.fullmatch(guess) and guess != value else None
-
-
-def _check_dns_label(value: str) -> str:
-    if _DNS_LABEL_RE.fullmatch(value):
-        return value
-    message = (
-        f"{value!r} is not a DNS label: use lowercase letters, digits and '-', start with a "
-        "letter, end with a letter or digit, at most 63 characters"
-    )
-    guess = _suggest_label(value)
-    raise ValueError(message + (f"; try '{guess}'" if guess else ""))
-
-
-def is_local_path(ref: str) -> bool:
-    """True when a model reference is a folder ("/", "./", "../", "~/"), not a registry name."""
-    return ref.startswith(("/", "./", "../", "~/"))
-
-
-def _check_registry_name(value: str) -> str:
-    community, _, name = value.partition("/")
-    if _DNS_LABEL_RE.fullmatch(community) and _MODEL_NAME_RE.fullmatch(name):
-        return value
-    raise ValueError(
-        f"{value!r} is not a registry name: write community/name in lowercase letters, digits "
-        "and '-' (the name may also hold '.' and '_')"
-    )
-
-
-def _check_path(value: str) -> str:
-    if not value or len(value) > MAX_PATH_CHARS or "\x00" in value:
-        raise ValueError(f"not a usable path: give 1 to {MAX_PATH_CHARS} characters")
-    return value
-
-
-def _check_model_ref(value: str) -> str:
-    if is_local_path(value):
-        return _check_path(value)
-    try:
-        return _check_registry_name(value)
-    except ValueError:
-        raise ValueError(
-            f"{value!r} is neither a registry name (community/name, lowercase) nor a folder "
-            "path (starting with '/', './', '../' or '~/')"
-        ) from None
-
-
-def _check_module_name(value: str) -> str:
-    if not _MODULE_RE.fullmatch(value):
-        raise ValueError(f"{value!r} is not a module name (like q_proj or self_attn.o_proj)")
-    return value
-
-
-def _resolve_gpu_type(value: str) -> str:
-    from scheduler import gpus  # imported here so that the spec loads before the catalogue
-
-    return gpus.resolve(value).name
-
-
-def _unique(values: list[str] | None) -> list[str] | None:
-    return None if values is None else list(dict.fromkeys(values))
-
-
-def _compute_capability(value: Any) -> tuple[int, int] | None:
-    if value is None:
-        return None
-    if (
-        isinstance(value, list | tuple)
-        and len(value) == 2
-        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-    ):
-        return (value[0], value[1])
-    from scheduler import gpus  # imported here so that the spec loads before the catalogue
-
-    return gpus.parse_compute_capability(value)
-
-
-DnsLabel = Annotated[
-    str,
-    AfterValidator(_check_dns_label),
-    WithJsonSchema({"type": "string", "pattern": f"^{_DNS_LABEL_RE.pattern}$", "maxLength": 63}),
-]
-RegistryName = Annotated[str, AfterValidator(_check_registry_name)]
-ModelRef = Annotated[str, AfterValidator(_check_model_ref)]
-DataPath = Annotated[str, AfterValidator(_check_path)]
-GpuTypeName = Annotated[str, AfterValidator(_resolve_gpu_type)]
-ModuleName = Annotated[str, AfterValidator(_check_module_name)]
-Duration = Annotated[
-    float | None,
-    BeforeValidator(_optional_duration),
-    WithJsonSchema(
-        {
-            "anyOf": [
-                {"type": "number", "exclusiveMinimum": 0},
-                {"type": "string", "pattern": r"^(\d+(\.\d+)?[dhms])+$"},
-                {"type": "null"},
-            ]
-        }
-    ),
-]
-ComputeCapability = Annotated[
-    tuple[int, int] | None,
-    BeforeValidator(_compute_capability),
-    WithJsonSchema(
-        {
-            "anyOf": [
-                {"type": "string", "pattern": r"^\d+\.\d+$"},
-                {"type": "number"},
-                {"type": "null"},
-            ]
-        }
-    ),
-]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 # ---------------------------------------------------------------------------------------------
 # Resources
 
 
-class Resources(_Strict):
+class Resources(StrictModel):
     """What each bundle of a job needs: GPUs, their memory and model, CPUs and host memory."""
 
     gpus: Annotated[
@@ -325,7 +204,7 @@ class Resources(_Strict):
     ] = 4
     gpu_types: Annotated[
         list[GpuTypeName] | None,
-        AfterValidator(_unique),
+        AfterValidator(unique_in_order),
         Field(
             min_length=1,
             max_length=32,
@@ -423,240 +302,6 @@ class ProbeResources(Resources):
 
 
 # ---------------------------------------------------------------------------------------------
-# Sections shared by inference kinds
-
-
-class Sampling(_Strict):
-    """Default sampling parameters for generated text."""
-
-    temperature: Annotated[
-        float, Field(ge=0.0, le=2.0, description="Sampling temperature; 0 is greedy.")
-    ] = 0.7
-    top_p: Annotated[float, Field(gt=0.0, le=1.0, description="Nucleus sampling mass.")] = 1.0
-    max_tokens: Annotated[
-        int, Field(ge=1, le=32768, description="Most tokens generated per request.")
-    ] = 256
-    seed: Annotated[
-        int | None, Field(ge=0, le=2**63 - 1, description="Seed for reproducible sampling.")
-    ] = None
-    stop: Annotated[
-        list[Annotated[str, Field(min_length=1, max_length=256)]],
-        Field(max_length=16, description="Strings that end generation."),
-    ] = Field(default_factory=list)
-
-
-# ---------------------------------------------------------------------------------------------
-# FineTune
-
-
-class Dataset(_Strict):
-    """One training dataset: a JSONL file or a dataset folder."""
-
-    path: Annotated[DataPath, Field(description="File or folder of training rows (JSONL).")]
-    format: Annotated[
-        DatasetFormat,
-        Field(description="text: one text field per row; chat: a list of chat messages."),
-    ] = DatasetFormat.text
-    text_field: Annotated[
-        str, Field(min_length=1, max_length=128, description="Row field holding text.")
-    ] = "text"
-    messages_field: Annotated[
-        str,
-        Field(min_length=1, max_length=128, description="Row field holding chat messages."),
-    ] = "messages"
-    split: Annotated[
-        str | None,
-        Field(min_length=1, max_length=64, description="Split to read, such as train."),
-    ] = None
-
-
-class LoRA(_Strict):
-    """The LoRA adapter trained on top of the base model."""
-
-    r: Annotated[int, Field(ge=1, le=512, description="LoRA rank.")] = 16
-    alpha: Annotated[float, Field(gt=0, le=4096, description="LoRA scaling (alpha).")] = 32
-    dropout: Annotated[float, Field(ge=0.0, lt=1.0, description="LoRA dropout.")] = 0.05
-    target_modules: Annotated[
-        Literal["all-linear"] | list[ModuleName],
-        Field(
-            description="Modules that get adapters: a list such as [q_proj, v_proj], or "
-            '"all-linear".'
-        ),
-    ] = Field(default_factory=lambda: ["q_proj", "v_proj"])
-
-    @field_validator("target_modules", mode="before")
-    @classmethod
-    def _list_or_all_linear(cls, value: Any) -> Any:
-        if isinstance(value, str) and value != "all-linear":
-            raise ValueError(
-                f"give a list of module names (like [q_proj, v_proj]) or 'all-linear'; "
-                f"got {value!r}"
-            )
-        if isinstance(value, list) and not 1 <= len(value) <= 64:
-            raise ValueError("give 1 to 64 module names")
-        return value
-
-
-class Training(_Strict):
-    """Optimiser and schedule. Give epochs or max_steps (default: 1 epoch)."""
-
-    epochs: Annotated[float | None, Field(gt=0, le=1000, description="Passes over the data.")] = (
-        None
-    )
-    max_steps: Annotated[
-        int | None,
-        Field(gt=0, le=10_000_000, description="Optimiser steps, instead of epochs."),
-    ] = None
-    learning_rate: Annotated[float, Field(gt=0, le=1, description="Peak learning rate.")] = 2e-4
-    lr_scheduler: Annotated[LrScheduler, Field(description="Schedule after warm-up.")] = (
-        LrScheduler.cosine
-    )
-    warmup_steps: Annotated[int, Field(ge=0, le=1_000_000, description="Linear warm-up steps.")] = 0
-    batch_size: Annotated[int, Field(ge=1, le=1024, description="Sequences per GPU per step.")] = 4
-    gradient_accumulation_steps: Annotated[
-        int, Field(ge=1, le=1024, description="Micro-batches per optimiser step.")
-    ] = 1
-    seq_len: Annotated[
-        int, Field(ge=16, le=131072, description="Tokens per sequence (longer rows are cut).")
-    ] = 1024
-    weight_decay: Annotated[float, Field(ge=0.0, le=1.0, description="AdamW weight decay.")] = 0.0
-    max_grad_norm: Annotated[
-        float, Field(gt=0, le=10_000, description="Gradient clipping norm.")
-    ] = 1.0
-    seed: Annotated[int, Field(ge=0, le=2**32 - 1, description="Seed for data order, init.")] = 0
-
-    @model_validator(mode="after")
-    def _epochs_or_steps(self) -> Training:
-        if self.epochs is not None and self.max_steps is not None:
-            raise ValueError("give epochs or max_steps, not both")
-        if self.epochs is None and self.max_steps is None:
-            self.epochs = 1.0
-        return self
-
-
-class Output(_Strict):
-    """Where the trained adapter is registered."""
-
-    name: Annotated[
-        str | None,
-        Field(
-            description="Registry name of the result: community/name or a name in the job's "
-            "community. Default: the job's community/name."
-        ),
-    ] = None
-
-
-class FineTuneSection(_Strict):
-    """Fine-tune a base model with LoRA on the community's datasets."""
-
-    base_model: Annotated[
-        ModelRef,
-        Field(description="Registry name (community/name) or a folder path (/..., ./..., ~/...)."),
-    ]
-    datasets: Annotated[
-        list[Dataset], Field(min_length=1, max_length=64, description="Training datasets.")
-    ]
-    lora: Annotated[LoRA, Field(description="LoRA adapter settings.")] = Field(default_factory=LoRA)
-    training: Annotated[Training, Field(description="Optimiser and schedule.")] = Field(
-        default_factory=Training
-    )
-    checkpoint_every: Annotated[
-        Literal["auto"] | Annotated[int, Field(gt=0, le=10_000_000)],
-        Field(
-            description='Optimiser steps between checkpoints, or "auto": the Young/Daly '
-            "interval from the measured checkpoint cost and the nodes' expected time to failure."
-        ),
-    ] = "auto"
-    output: Annotated[Output, Field(description="Where the trained adapter goes.")] = Field(
-        default_factory=Output
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# BatchInference, Service, Probe
-
-
-class BatchSection(_Strict):
-    """Generate completions for every row of a JSONL file."""
-
-    model: Annotated[
-        ModelRef, Field(description="Registry name (community/name) or a folder path.")
-    ]
-    adapter: Annotated[
-        RegistryName | None, Field(description="LoRA adapter (registry name) to apply.")
-    ] = None
-    input: Annotated[
-        DataPath, Field(description='JSONL file; each row holds "prompt" or "messages".')
-    ]
-    engine: Annotated[Engine, Field(description="Inference engine.")] = Engine.vllm
-    max_model_len: Annotated[
-        int | None, Field(ge=16, le=1_048_576, description="Context length to allocate for.")
-    ] = None
-    sampling: Annotated[Sampling, Field(description="Sampling parameters.")] = Field(
-        default_factory=Sampling
-    )
-
-
-class Replicas(_Strict):
-    """How many copies of a Service run; between min and max, by load."""
-
-    min: Annotated[int, Field(ge=1, le=64, description="Replicas always running.")] = 1
-    max: Annotated[
-        int, Field(ge=1, le=64, description="Most replicas under load (default: min).")
-    ] = 1
-    target_ongoing_requests: Annotated[
-        int, Field(ge=1, le=1024, description="Requests in flight per replica before scaling.")
-    ] = 8
-
-    @model_validator(mode="before")
-    @classmethod
-    def _max_defaults_to_min(cls, data: Any) -> Any:
-        if isinstance(data, Mapping) and "min" in data and "max" not in data:
-            return {**data, "max": data["min"]}
-        return data
-
-    @model_validator(mode="after")
-    def _ordered(self) -> Replicas:
-        if self.max < self.min:
-            raise ValueError(f"max ({self.max}) must be >= min ({self.min})")
-        return self
-
-
-class ServiceSection(_Strict):
-    """Serve a model (and its adapters) over the OpenAI-compatible API."""
-
-    model: Annotated[
-        ModelRef, Field(description="Registry name (community/name) or a folder path.")
-    ]
-    adapters: Annotated[
-        list[RegistryName],
-        Field(max_length=64, description="LoRA adapters served beside the model."),
-    ] = Field(default_factory=list)
-    replicas: Annotated[Replicas, Field(description="Replica count.")] = Field(
-        default_factory=Replicas
-    )
-    engine: Annotated[Engine, Field(description="Inference engine.")] = Engine.vllm
-    access: Annotated[
-        Access, Field(description="public: anyone; community: members' tokens only.")
-    ] = Access.community
-    max_model_len: Annotated[
-        int | None, Field(ge=16, le=1_048_576, description="Context length to allocate for.")
-    ] = None
-    sampling: Annotated[
-        Sampling, Field(description="Defaults for requests that do not set them.")
-    ] = Field(default_factory=Sampling)
-
-
-class ProbeSection(_Strict):
-    """Check that GPUs work and measure their speed with a matrix multiply."""
-
-    duration_s: Annotated[float, Field(ge=1, le=3600, description="Seconds to run the check.")] = 30
-    matmul_size: Annotated[
-        int, Field(ge=256, le=16384, description="Side of the square matrices multiplied.")
-    ] = 4096
-
-
-# ---------------------------------------------------------------------------------------------
 # Jobs
 
 
@@ -678,7 +323,7 @@ def _fail(title: str, problems: list[InitErrorDetails]) -> ValidationError:
     return ValidationError.from_exception_data(title, problems)
 
 
-class JobBase(_Strict):
+class JobBase(StrictModel):
     """Fields every job has. Use `JobSpec` (the union of the four kinds) to read one."""
 
     _section: ClassVar[str | None] = None
@@ -790,7 +435,7 @@ class FineTuneJob(JobBase):
             name = f"{self.community}/{name}"
         community = name.partition("/")[0]
         try:
-            _check_registry_name(name)
+            check_registry_name(name)
             if community != self.community:
                 raise ValueError(
                     f"{name!r} is in community '{community}'; a job writes only to its own "
