@@ -37,10 +37,14 @@ from scheduler.policy.model import (
 )
 
 PROFILE_SHAPES = 32
-# Growth in fragmentation is compared in steps of a tenth of a GPU; within a step the node left
-# tighter wins (best-fit). Measured on the openb fleet (benchmarks/packing.py), this beats both
-# exact comparison and coarser steps.
+# The cost of a placement (growth in fragmentation plus contention, in GPUs) is compared in steps
+# of a tenth of a GPU; within a step the faster GPU wins for training and batch jobs, then the
+# node left tighter (best-fit). Measured on the openb fleet (benchmarks/packing.py), steps beat
+# both exact comparison and coarser steps.
 COST_STEP = 0.1
+# Taking a GPU that jobs restricted to few models need (see `_pressures`) costs this much per
+# unit of pressure per GPU, in the same units as fragmentation (GPUs).
+CONTENTION = 0.25
 # Faster GPUs are preferred in steps of 10% of speed, after fragmentation and contention.
 SPEED_STEP = math.log(1.1)
 # the most common demand shapes kept in the workload profile
@@ -475,14 +479,11 @@ class Placer:
             slower = 0
             if demand.speed_sensitive and model is not None:
                 slower = round(math.log(best_speed / self._speed(demand, model)) / SPEED_STEP)
-            key = (
-                -len(ev.picks) if most else 0,
-                round(ev.delta / GPU_MILLI / COST_STEP),
-                self.pressure.get(model, 0.0) if model is not None else 0.0,
-                slower,
-                ev.leftover,
-                idx,
-            )
+            cost = ev.delta / GPU_MILLI
+            if model is not None:
+                taken = len(ev.picks) * shape.bundle.gpus
+                cost += CONTENTION * self.pressure.get(model, 0.0) * taken
+            key = (-len(ev.picks) if most else 0, round(cost / COST_STEP), slower, ev.leftover, idx)
             if best is None or key < best[0]:
                 best = (key, idx, ev)
         return None if best is None else (best[1], best[2])
