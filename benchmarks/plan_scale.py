@@ -8,9 +8,17 @@ queue is drawn from `random.Random(0)`: 1-GPU fine-tunes (some limited to consum
 pack and 4-GPU strict_pack fine-tunes (the latter on A100-80GB or L40S only), shared GPUs for
 services and batch inference (gpu_memory_gb below a card's), 2-shard spread batch jobs and a few
 CPU-only ones; three priorities, four communities with fair-share weights, runtimes from 10
-minutes to 12 hours. Two scenarios: an empty cluster, and one about half full (a first queue,
-from `random.Random(1)`, is planned once, untimed, and its placements become the running jobs;
-the timed round then plans the same 2,000 jobs around them).
+minutes to 12 hours. Three scenarios, each timing a round of the same 2,000 jobs:
+
+- empty: nothing runs yet.
+- half full: a first queue, from `random.Random(1)`, asking for half the cluster's GPUs, is
+  planned once, untimed, and its placements become the running jobs.
+- contended: running jobs hold about 90% of the cluster's GPUs (GPU-equivalents: a shared GPU
+  counts for its share), at every size, so a large share of the queue waits even at 5,000 nodes.
+  They come from queues drawn from `random.Random(2)` and planned untimed, batch after batch
+  around the jobs already placed, until 90% is held; every one has a finite runtime (services
+  get one drawn like the others) and started a random part of it ago, so the timed round has
+  expected ends to reserve against and backfill around, and low-priority jobs to preempt.
 
 The baseline, `first_fit`, plans the same round with the same accounting (per-GPU thousandths, CPU
 milli, memory MiB, the same share of a GPU for a shared bundle, the same model and memory rules):
@@ -22,7 +30,8 @@ Per size: the median wall time of N rounds (5 at 100 and 1,000 nodes, 3 at 5,000
 waiting, and growth from the previous size: the time ratio, the node ratio and the exponent k of
 t ~ n^k. The last line compares t(5000)/t(1000) with (5000 log 5000)/(1000 log 1000).
 `--quick` runs 100 and 1,000 nodes only. `--profile` prints the hottest functions of one round at
-1,000 nodes on the empty cluster (cProfile).
+1,000 nodes (cProfile), on the empty cluster or, named, on another scenario
+(`--profile contended`).
 """
 
 from __future__ import annotations
@@ -36,7 +45,7 @@ import random
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from rich.console import Console
 from rich.table import Table
@@ -62,6 +71,9 @@ RUNS = {100: 5, 1_000: 5, 5_000: 3}
 QUEUED_JOBS = 2_000
 GPUS_PER_NODE = 4
 HALF_FULL = 0.5  # share of the cluster's GPUs the running jobs ask for in the second scenario
+CONTENDED = 0.9  # share of the cluster's GPUs the running jobs hold in the third scenario
+TOP_UP_MIN = 0.01  # a contended top-up batch asks for at least this share of the GPUs
+TOP_UP_BATCHES = 100  # ... and the filling stops after this many batches even if short
 PROFILE_NODES = 1_000
 PROFILE_LINES = 20
 
@@ -203,6 +215,53 @@ def half_full(snapshot: ClusterSnapshot) -> list[RunningJob]:
         started = -rng.uniform(0.0, d.runtime_s or 3600.0)
         out.append(RunningJob(d, p.bundles, started_at=started, checkpointed_at=started / 2))
     return out
+
+
+def contended(snapshot: ClusterSnapshot) -> list[RunningJob]:
+    """Running jobs that hold about 90% of the GPUs, all with finite runtimes.
+
+    Batches drawn from one seeded stream are planned around the jobs placed so far (untimed),
+    each asking for what is still missing to 90% (at least 1% of the GPUs), until that much is
+    held. A job a later batch preempts is dropped from the running set.
+    """
+    rng = random.Random(2)
+    target = CONTENDED * snapshot.total_gpus
+    running: dict[str, RunningJob] = {}
+    held = 0.0
+    drawn = 0
+    for _ in range(TOP_UP_BATCHES):
+        if held >= target:
+            break
+        want = max(target - held, TOP_UP_MIN * snapshot.total_gpus)
+        batch: list[QueuedJob] = []
+        asked = 0
+        while asked < want:
+            d = random_job(rng, f"busy-{drawn:06d}", float(drawn))
+            if d.runtime_s is None:
+                d = replace(d, runtime_s=rng.choice(RUNTIMES_S))
+            batch.append(QueuedJob(d))
+            asked += d.gpus
+            drawn += 1
+        demands = {q.demand.job: q.demand for q in batch}
+        result = plan(snapshot, batch, list(running.values()), 0.0)
+        for p in result.preemptions:
+            held -= running.pop(p.job).gpus_held()
+        for placed in result.placements:
+            d = demands[placed.job]
+            started = -rng.uniform(0.0, d.runtime_s or 3600.0)
+            r = RunningJob(d, placed.bundles, started_at=started, checkpointed_at=started / 2)
+            running[d.job] = r
+            held += r.gpus_held()
+        if not result.placements:
+            break  # nothing more fits
+    return list(running.values())
+
+
+def share_held(snapshot: ClusterSnapshot, running: Sequence[RunningJob]) -> tuple[float, float]:
+    """GPU-equivalents held, and GPUs with any job on them, each as a share of all GPUs."""
+    touched = {(a.node, g) for r in running for a in r.bundles for g in a.gpus}
+    total = snapshot.total_gpus
+    return sum(r.gpus_held() for r in running) / total, len(touched) / total
 
 
 # --- the baseline ------------------------------------------------------------------------------
@@ -389,19 +448,35 @@ def n_log_n_ratio(n1: int, n2: int) -> float:
 PLANNERS: dict[str, Planner] = {"mesh": plan, "first-fit": first_fit}
 
 
+SCENARIOS: dict[str, Callable[[ClusterSnapshot], list[RunningJob]]] = {
+    "empty": lambda snapshot: [],
+    "half full": half_full,
+    "contended": contended,
+}
+
+
+def set_up(scenario: str, snapshot: ClusterSnapshot, nodes: int, err: Console) -> list[RunningJob]:
+    """The scenario's running jobs, with a line on stderr about them."""
+    started = time.perf_counter()
+    running = SCENARIOS[scenario](snapshot)
+    if running:
+        held, touched = share_held(snapshot, running)
+        err.print(
+            f"{nodes} nodes, {scenario}: {len(running)} running jobs holding {held:.1%} of the"
+            f" GPUs ({touched:.1%} with a job on them), set up in"
+            f" {time.perf_counter() - started:.1f} s",
+            highlight=False,
+        )
+    return running
+
+
 def run(sizes: Sequence[int], err: Console) -> list[Row]:
     fresh = queue(0, QUEUED_JOBS)
     rows = []
     for nodes in sizes:
         snapshot = cluster(nodes)
-        started = time.perf_counter()
-        running = half_full(snapshot)
-        err.print(
-            f"{nodes} nodes: {len(running)} running jobs set up in"
-            f" {time.perf_counter() - started:.1f} s",
-            highlight=False,
-        )
-        for scenario, held in (("empty", []), ("half full", running)):
+        for scenario in SCENARIOS:
+            held = set_up(scenario, snapshot, nodes, err)
             for name, planner in PLANNERS.items():
                 runs = RUNS.get(nodes, 3)
                 seconds, result = measure(planner, snapshot, fresh, held, runs)
@@ -425,7 +500,9 @@ def run(sizes: Sequence[int], err: Console) -> list[Row]:
                     )
                 )
                 err.print(
-                    f"  {scenario:9} {name:9} median {seconds:.3f} s of {runs}", highlight=False
+                    f"  {scenario:9} {name:9} median {seconds:.3f} s of {runs}:"
+                    f" {len(result.placements)} placed, {len(result.waiting)} waiting",
+                    highlight=False,
                 )
     return rows
 
@@ -513,18 +590,20 @@ def verdicts(rows: list[Row]) -> list[str]:
     return lines
 
 
-def profile(out: Console) -> None:
+def profile(out: Console, err: Console, scenario: str = "empty") -> None:
     snapshot = cluster(PROFILE_NODES)
     fresh = queue(0, QUEUED_JOBS)
+    running = set_up(scenario, snapshot, PROFILE_NODES, err)
     profiler = cProfile.Profile()
     profiler.enable()
-    plan(snapshot, fresh, (), 0.0)
+    plan(snapshot, fresh, running, 0.0)
     profiler.disable()
     text = io.StringIO()
     stats = pstats.Stats(profiler, stream=text)
     stats.sort_stats("tottime").print_stats(PROFILE_LINES)
     out.print(
-        f"cProfile of one round, {PROFILE_NODES} nodes, {QUEUED_JOBS} jobs, by own time:",
+        f"cProfile of one round, {scenario}, {PROFILE_NODES} nodes, {len(running)} running,"
+        f" {QUEUED_JOBS} jobs queued, by own time:",
         highlight=False,
     )
     out.print(text.getvalue(), highlight=False, markup=False)
@@ -534,7 +613,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="100 and 1,000 nodes only")
     parser.add_argument(
-        "--profile", action="store_true", help="also profile one round at 1,000 nodes"
+        "--profile",
+        nargs="?",
+        const="empty",
+        choices=[s.replace(" ", "-") for s in SCENARIOS],
+        help="also profile one round at 1,000 nodes, of the scenario named (default: empty)",
     )
     args = parser.parse_args(argv)
     err = Console(stderr=True)
@@ -544,7 +627,7 @@ def main(argv: list[str] | None = None) -> int:
     for line in verdicts(rows):
         out.print(line, highlight=False)
     if args.profile:
-        profile(out)
+        profile(out, err, args.profile.replace("-", " "))
     return 0
 
 

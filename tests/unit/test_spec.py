@@ -480,7 +480,7 @@ def test_priorities_are_ordered_low_normal_high() -> None:
 
 
 def test_each_kind_parses_to_its_own_model() -> None:
-    models = {
+    models: dict[str, type[object]] = {
         "FineTune": FineTuneJob,
         "BatchInference": BatchInferenceJob,
         "Service": ServiceJob,
