@@ -42,6 +42,10 @@ PROFILE_SHAPES = 32
 # node left tighter (best-fit). Measured on the openb fleet (benchmarks/packing.py), steps beat
 # both exact comparison and coarser steps.
 COST_STEP = 0.1
+# Before any of that, a perfect fit wins: one that leaves its node no free GPU, or a shared GPU
+# with less than this many thousandths free. Such a placement wastes (almost) nothing now, and
+# on the openb lists taking it first cuts unallocated GPUs by a few percent more.
+PERFECT_FIT = 50
 # Taking a GPU that jobs restricted to few models need (see `_pressures`) costs this much per
 # unit of pressure per GPU, in the same units as fragmentation (GPUs).
 CONTENTION = 0.25
@@ -435,6 +439,17 @@ class Placer:
         self._evals[key] = result
         return result
 
+    def _perfect(self, sid: int, ev: _Eval) -> bool:
+        """A placement that fills its node's GPUs, or a shared GPU to within PERFECT_FIT."""
+        if not ev.picks or not ev.picks[0][0]:
+            return False
+        if ev.leftover == 0:
+            return True
+        (gpus, share), *rest = ev.picks
+        if rest or share >= GPU_MILLI:
+            return False
+        return self._sigs[sid].free[gpus[0]] - share < PERFECT_FIT
+
     def _speed(self, demand: JobDemand, model: str) -> float:
         s = self.speeds.get((demand.job, model))
         if s is None:
@@ -483,7 +498,14 @@ class Placer:
             if model is not None:
                 taken = len(ev.picks) * shape.bundle.gpus
                 cost += CONTENTION * self.pressure.get(model, 0.0) * taken
-            key = (-len(ev.picks) if most else 0, round(cost / COST_STEP), slower, ev.leftover, idx)
+            key = (
+                -len(ev.picks) if most else 0,
+                0 if self._perfect(sid, ev) else 1,
+                round(cost / COST_STEP),
+                slower,
+                ev.leftover,
+                idx,
+            )
             if best is None or key < best[0]:
                 best = (key, idx, ev)
         return None if best is None else (best[1], best[2])
