@@ -8,6 +8,11 @@ common that kind of job is; each placement goes where fragmentation grows least.
 large GPUs and whole nodes free for the jobs that need them, where plain first-fit or Ray's
 worst-fit scatter small jobs over them (ray#35422).
 
+The ranking of candidate nodes, in order: a perfect fit (the node's GPUs filled, or a shared GPU
+to within PERFECT_FIT); the growth of fragmentation plus contention (taking GPU models that jobs
+restricted to few models need), in steps of COST_STEP; for training and batch jobs, speed; then
+the node left tightest (best-fit), then the name.
+
 Within a node, a shared (fractional) bundle takes the GPU with the least free capacity that
 still fits (best-fit), the same rule as Ray's raylet, so the planner's accounting of shared GPUs
 matches what Ray enforces (notes/ray-2.60.md). Whole GPUs are taken lowest index first.
@@ -158,6 +163,7 @@ class Placer:
         self.profile = list(profile)
         self.speeds = dict(speeds or {})
         self._catalogue_speed: dict[str, float] = {}
+        self._best_speeds: dict[tuple[str, int], float] = {}
         # States and shapes are numbered once, so the hot loop hashes small integers only.
         self._sig_ids: dict[Sig, int] = {}
         self._sigs: list[Sig] = []
@@ -186,6 +192,7 @@ class Placer:
         other.by_name = {n.name: n for n in other.nodes}
         other.types, other.profile, other.pressure = self.types, self.profile, self.pressure
         other.speeds, other._catalogue_speed = self.speeds, self._catalogue_speed
+        other._best_speeds = self._best_speeds
         other.classes = {sid: list(members) for sid, members in self.classes.items()}
         other._sig_ids, other._sigs, other._shape_ids = self._sig_ids, self._sigs, self._shape_ids
         other._frag, other._evals, other._shares = self._frag, self._evals, self._shares
@@ -460,12 +467,16 @@ class Placer:
         return max(s, 1e-6)
 
     def _best_speed(self, demand: JobDemand, shape: Shape) -> float:
-        best = 0.0
-        for t in self.types:
-            for g, s in enumerate(self.shares(t, shape)):
-                if s is not None:
-                    best = max(best, self._speed(demand, t.models[g]))
-        return best or 1.0
+        key = (demand.job, self.shape_id(shape))
+        found = self._best_speeds.get(key)
+        if found is None:
+            best = 0.0
+            for t in self.types:
+                for g, s in enumerate(self.shares(t, shape)):
+                    if s is not None:
+                        best = max(best, self._speed(demand, t.models[g]))
+            found = self._best_speeds[key] = best or 1.0
+        return found
 
     def _choose(
         self,

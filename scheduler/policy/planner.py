@@ -281,33 +281,55 @@ class _Round:
             (a for a in self.active.values() if a.end != math.inf),
             key=lambda a: (a.end, a.demand.job),
         )
-        # Room only grows as jobs end, so the earliest start is found by bisection over the
-        # distinct end times: state after the first k ends, k = the index past each time.
+        # Room only grows as jobs end, so the earliest start is found by galloping, then
+        # bisecting, over the distinct end times (cut k = the state after the first k ends), on
+        # one scratch copy: ends are given back as the search moves on, trial states undone.
         cuts = [
             i + 1 for i in range(len(ends)) if i + 1 == len(ends) or ends[i + 1].end != ends[i].end
         ]
         if not cuts:
             return
+        scratch = self.placer.copy()
+        for r in self.reservations:
+            scratch.allocate_assignments(r.demand, r.bundles)
+        released = 0
 
-        def attempt(k: int) -> tuple[BundleAssignment, ...] | None:
-            scratch = self.placer.copy()
-            for r in self.reservations:
-                scratch.allocate_assignments(r.demand, r.bundles)
-            for a in ends[:k]:
+        def release_to(k: int) -> None:
+            nonlocal released
+            for a in ends[released:k]:
                 scratch.allocate_assignments(a.demand, a.bundles, sign=-1)
-            return scratch.place(d)
+            released = max(released, k)
 
-        lo, hi = 0, len(cuts) - 1
-        best = attempt(cuts[hi])
-        if best is None:
-            return
-        while lo < hi:
-            mid = (lo + hi) // 2
-            got = attempt(cuts[mid])
-            if got is None:
-                lo = mid + 1
+        def fits_at(k: int) -> bool:
+            token = scratch.begin()
+            for a in ends[released:k]:
+                scratch.allocate_assignments(a.demand, a.bundles, sign=-1)
+            ok = scratch.fits(d)
+            scratch.end(token, keep=False)
+            return ok
+
+        lo, hi, step = -1, -1, 1
+        while hi < 0:
+            i = min(lo + step, len(cuts) - 1)
+            if fits_at(cuts[i]):
+                hi = i
+            elif i == len(cuts) - 1:
+                return  # even when every job with an expected end has ended, it does not fit
             else:
-                hi, best = mid, got
+                lo = i
+                release_to(cuts[i])
+                step *= 2
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if fits_at(cuts[mid]):
+                hi = mid
+            else:
+                lo = mid
+                release_to(cuts[mid])
+        release_to(cuts[hi])
+        best = scratch.place(d)
+        assert best is not None  # it fitted at this cut a moment ago
+        lo = hi
         k = cuts[lo]
         res = _Reservation(d.job, ends[k - 1].end, best, d)
         for a in ends[:k]:

@@ -341,6 +341,18 @@ def test_a_short_job_backfills_but_a_long_one_must_not_delay_a_reserved_start() 
     assert p.reservations == {"c/big": 3600.0}
 
 
+def test_the_reserved_start_is_the_earliest_expected_end_that_makes_room() -> None:
+    nodes = [gpu_node("a", "RTX-4090", 4)]
+    held = tuple(
+        running(job(f"r{i}", runtime=1000.0 * (i + 1)), ("a", (i,), 1000)) for i in range(4)
+    )
+    p = run(nodes, job("three", 1, 3, placement="strict_pack"), running=held)
+    assert p.reservations == {"c/three": 3000.0}
+    assert (
+        reasons(p, "c/three")[-1] == "reserved to start in 50m, when 3 running jobs will have ended"
+    )
+
+
 def test_a_backfilled_job_may_use_gpus_the_reservation_does_not_need() -> None:
     nodes = [gpu_node("a", "RTX-4090", 4), gpu_node("b", "RTX-3090", 1)]
     held = running(job("old", 1, 2, runtime=3600), ("a", (0,), 1000), ("a", (1,), 1000))
