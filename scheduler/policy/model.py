@@ -50,7 +50,10 @@ class BundleDemand:
 
 @dataclass(frozen=True)
 class JobDemand:
-    """Everything the policy needs to know about a job, independent of its kind."""
+    """Everything the policy needs to know about a job, independent of its kind.
+
+    All bundles of a job are alike (DESIGN.md "Bundles"): one per worker, shard or replica.
+    """
 
     job: str  # community/name
     community: str

@@ -543,9 +543,10 @@ class Placer:
         """Place every bundle of the job, or none; on success the capacity is taken."""
         if not demand.bundles:
             return ()
-        shape = Shape.of(demand, demand.bundles[0])
-        if any(Shape.of(demand, b) != shape for b in demand.bundles):
-            return self._place_each(demand)
+        first = demand.bundles[0]
+        if any(b != first for b in demand.bundles[1:]):
+            raise ValueError(f"{demand.job}: the bundles of one job must all be alike")
+        shape = Shape.of(demand, first)
         n = len(demand.bundles)
         best_speed = self._best_speed(demand, shape) if demand.speed_sensitive else 1.0
         token = self.begin()
@@ -583,23 +584,6 @@ class Placer:
                 ok = len(placed) == n
         for idx, g, amount in hidden:
             self.allocate(idx, (g,), -amount, 0, 0)
-        self.end(token, keep=ok)
-        return tuple(placed) if ok else None
-
-    def _place_each(self, demand: JobDemand) -> tuple[BundleAssignment, ...] | None:
-        """Bundles of different shapes: one at a time (strict_pack: all on the first's node)."""
-        token = self.begin()
-        placed: list[BundleAssignment] = []
-        for b in demand.bundles:
-            shape = Shape.of(demand, b)
-            got = self._choose(demand, shape, 1, set(), 1.0)
-            if got is not None and demand.placement == "strict_pack" and placed:
-                ev = self.evaluate(self.by_name[placed[0].node].sid, shape, 1)
-                got = None if ev is None else (self.by_name[placed[0].node].idx, ev)
-            if got is None:
-                break
-            placed += self._apply(got[0], shape, got[1])
-        ok = len(placed) == len(demand.bundles)
         self.end(token, keep=ok)
         return tuple(placed) if ok else None
 

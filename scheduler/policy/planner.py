@@ -48,8 +48,9 @@ class _Reservation:
     start: float
     bundles: tuple[BundleAssignment, ...]
     demand: JobDemand
-    # capacity that jobs ending before `start` give back by then: node -> per-GPU, cpu, mem
-    released: dict[str, list[int]] = field(default_factory=dict)
+    # per node: [milli on each GPU..., cpu milli, memory MiB]
+    need: dict[str, list[int]] = field(default_factory=dict)  # what the reservation takes
+    released: dict[str, list[int]] = field(default_factory=dict)  # what ends give back by `start`
 
 
 @dataclass(frozen=True)
@@ -90,9 +91,10 @@ class _Round:
 
     def ordered(self) -> list[JobDemand]:
         """The queue in the order jobs are considered (ordering only; placement is separate)."""
-        return [d for d, _ in self._walk(place=False)]
+        return self._walk(place=False)
 
-    def _walk(self, place: bool) -> list[tuple[JobDemand, bool]]:
+    def _walk(self, place: bool) -> list[JobDemand]:
+        """The queue in order; with `place`, each job is considered for placement on its turn."""
         weights = self.snapshot.community_weights
         held: dict[str, float] = {}
         attained: dict[str, float] = {}
@@ -100,7 +102,7 @@ class _Round:
             c = r.demand.community
             held[c] = held.get(c, 0.0) + r.gpus_held()
             attained[c] = attained.get(c, 0.0) + r.attained_gpu_seconds
-        out: list[tuple[JobDemand, bool]] = []
+        out: list[JobDemand] = []
         for prio in sorted({d.priority for d in self.queue}, reverse=True):
             fifo: dict[str, deque[JobDemand]] = {}
             for d in sorted(
@@ -121,7 +123,7 @@ class _Round:
                 placed = self.consider(d) if place else False
                 if placed:
                     held[c] = held.get(c, 0.0) + d.gpus
-                out.append((d, placed))
+                out.append(d)
         return out
 
     # ------------------------------------------------------------ 3.-5. placing
@@ -135,15 +137,7 @@ class _Round:
         for r in self.reservations:
             if end <= r.start:
                 continue
-            need: dict[str, list[int]] = {}
-            for a, b in zip(r.bundles, r.demand.bundles, strict=True):
-                n = self.placer.by_name[a.node]
-                row = need.setdefault(a.node, [0] * (len(n.free) + 2))
-                for g in a.gpus:
-                    row[g] += a.gpu_milli
-                row[-2] += b.cpu_milli
-                row[-1] += b.memory_mib
-            for node, row in need.items():
+            for node, row in r.need.items():
                 rel = r.released.get(node, [0] * len(row))
                 held = [max(0, x - y) for x, y in zip(row, rel, strict=True)]
                 out.append((node, held[:-2], held[-2], held[-1]))
@@ -171,7 +165,7 @@ class _Round:
         self.active[d.job] = _Active(d, bundles, end)
         for r in self.reservations:
             if end <= r.start:
-                _add_release(r, self.placer, d, bundles)
+                _add_usage(r.released, self.placer, d, bundles)
 
     def consider(self, d: JobDemand) -> bool:
         got = self._place_respecting(d)
@@ -329,11 +323,11 @@ class _Round:
         release_to(cuts[hi])
         best = scratch.place(d)
         assert best is not None  # it fitted at this cut a moment ago
-        lo = hi
-        k = cuts[lo]
+        k = cuts[hi]
         res = _Reservation(d.job, ends[k - 1].end, best, d)
+        _add_usage(res.need, self.placer, d, best)
         for a in ends[:k]:
-            _add_release(res, self.placer, a.demand, a.bundles)
+            _add_usage(res.released, self.placer, a.demand, a.bundles)
         self.reservations.append(res)
 
     # --------------------------------------------------------------- 6. result
@@ -384,14 +378,18 @@ def _shape_key(d: JobDemand) -> JobDemand:
     )
 
 
-def _add_release(
-    r: _Reservation, placer: Placer, d: JobDemand, bundles: Sequence[BundleAssignment]
+def _add_usage(
+    rows: dict[str, list[int]],
+    placer: Placer,
+    d: JobDemand,
+    bundles: Sequence[BundleAssignment],
 ) -> None:
+    """Add what `bundles` of `d` hold to per-node rows [milli per GPU..., cpu, memory]."""
     for a, b in zip(bundles, d.bundles, strict=False):
         if a.node not in placer.by_name:
             continue
         n = placer.by_name[a.node]
-        row = r.released.setdefault(a.node, [0] * (len(n.free) + 2))
+        row = rows.setdefault(a.node, [0] * (len(n.free) + 2))
         for g in a.gpus:
             if 0 <= g < len(n.free):
                 row[g] += a.gpu_milli
@@ -407,7 +405,7 @@ def plan(
 ) -> Plan:
     """Decide where queued jobs run now, whom to preempt, and why the rest wait."""
     rnd = _Round(snapshot, queue, running, now)
-    rnd.order = [d for d, _ in rnd._walk(place=True)]
+    rnd.order = rnd._walk(place=True)
     return rnd.result()
 
 

@@ -8,7 +8,7 @@ too few GPUs, CPUs, host memory, GPUs in use), counted.
 
 from __future__ import annotations
 
-from scheduler.policy.model import GPU_MILLI, JobDemand
+from scheduler.policy.model import GPU_MILLI, JobDemand, cpu_milli, mib
 from scheduler.policy.packing import NodeState, Placer, Shape
 
 
@@ -118,11 +118,11 @@ def _most_of_one_model(models: tuple[str, ...], gpus: list[int]) -> int:
 
 
 def cpu_total(n: NodeState) -> int:
-    return round(n.node.cpus * 1000)
+    return cpu_milli(n.node.cpus)
 
 
 def mem_total(n: NodeState) -> int:
-    return round(n.node.memory_gb * 1024)
+    return mib(n.node.memory_gb)
 
 
 def _cause_text(key: str, nums: tuple[int, ...], count: int, demand: JobDemand) -> str:
