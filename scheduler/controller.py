@@ -1,0 +1,648 @@
+"""The mesh controller: a detached named Ray actor that owns the store and runs the loop.
+
+    1. read the queue and the store (SQLite, audit chain)
+    2. snapshot the cluster: Ray nodes + labels + what is allocated
+    3. plan = policy.plan(snapshot, queue, running, now)   (pure, no Ray)
+    4. actuator: placement groups pinned to nodes, workload actors inside them, preemptions
+    5. watch: completions, failures, node deaths -> events -> back to 1
+
+The loop runs on events (a submission, a cancellation, a workload ending) and at least every
+`loop_interval_s`. All Ray calls go through `scheduler.actuator`. State lives in the store, so a
+restarted controller reloads it and reconciles with the placement groups it finds on Ray.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from cluster.labels import LabelError, node_from_labels
+from scheduler import actuator
+from scheduler.cluster import ClusterSnapshot, Node
+from scheduler.documents import SpecError
+from scheduler.policy import BundleAssignment, JobDemand, QueuedJob, RunningJob, plan
+from scheduler.spec import JobSpec, parse_job
+from scheduler.store import JobRow, Principal, State, Store, StoreError
+from scheduler.views import STORE_STATUS, ApiError, job_view, node_views
+
+RUNNABLE_KINDS = frozenset({"Probe"})
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    loop_interval_s: float = 1.0  # the loop runs at least this often
+    placement_timeout_s: float = 30.0  # a pinned group not ready by then is placed again
+    log_interval_s: float = 1.0  # how often running workers are asked for new log lines
+
+
+@dataclass
+class Active:
+    """A job that holds a placement group: PLACED (group not ready yet) or RUNNING."""
+
+    job: str
+    run: int
+    attempt: int
+    kind: str
+    spec: dict[str, Any]
+    demand: JobDemand
+    bundles: tuple[BundleAssignment, ...]
+    group: str
+    pg: Any
+    placed_at: float
+    ready_ref: Any = None
+    started_at: float | None = None
+    workers: list[Any] = field(default_factory=list)
+    waits: dict[Any, int] = field(default_factory=dict)  # ref -> bundle
+    reports: dict[int, dict[str, Any]] = field(default_factory=dict)
+    log_next: list[int] = field(default_factory=list)
+    log_refs: dict[Any, int] = field(default_factory=dict)
+    logs_polled_at: float = 0.0
+
+    @property
+    def requests(self) -> list[actuator.BundleRequest]:
+        return [
+            actuator.BundleRequest(
+                node=a.node,
+                cpus=d.cpu_milli / 1000,
+                gpus=len(a.gpus) * a.gpu_fraction if a.gpu_milli == 1000 else a.gpu_fraction,
+            )
+            for a, d in zip(self.bundles, self.demand.bundles, strict=True)
+        ]
+
+    def gpus_held(self) -> float:
+        return sum(len(a.gpus) * a.gpu_fraction for a in self.bundles)
+
+    def nodes(self) -> set[str]:
+        return {a.node for a in self.bundles}
+
+
+def _placement_json(bundles: tuple[BundleAssignment, ...]) -> list[dict[str, Any]]:
+    return [b.to_json() for b in bundles]
+
+
+def _bundles_from_json(placement: list[dict[str, Any]]) -> tuple[BundleAssignment, ...]:
+    return tuple(
+        BundleAssignment(
+            node=b["node"],
+            gpus=tuple(b["gpus"]),
+            gpu_milli=round(b["gpu_fraction"] * 1000) if b["gpus"] else 1000,
+        )
+        for b in placement
+    )
+
+
+class MeshController:
+    """Run as `ray.remote(MeshController)` by `scheduler.deploy`; methods answer the API."""
+
+    def __init__(self, home: str, settings: dict[str, Any] | None = None) -> None:
+        self.settings = Settings(**(settings or {}))
+        self.store = Store(Path(home) / "mesh.db")
+        self.active: dict[str, Active] = {}
+        self._specs: dict[tuple[str, int], tuple[JobSpec, JobDemand]] = {}
+        self._nodes: dict[str, Node] = {}  # alive mesh nodes by name
+        self._lock = threading.RLock()
+        self._wake = threading.Event()
+        self._stopped = threading.Event()
+        self.rounds = 0
+        self.placed = 0
+        with self._lock:
+            self._observe_nodes(time.time())
+            self._reconcile(time.time())
+        self._thread = threading.Thread(target=self._loop, name="mesh-loop", daemon=True)
+        self._thread.start()
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                with self._lock:
+                    self._round(time.time())
+            except Exception:
+                traceback.print_exc(file=sys.stderr)
+            self._sleep()
+
+    def _sleep(self) -> None:
+        """Until an event: a wake-up, a ref of ours becoming ready, or the loop interval."""
+        deadline = time.monotonic() + self.settings.loop_interval_s
+        while not self._wake.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            with self._lock:
+                refs = [r for a in self.active.values() for r in a.waits]
+                refs += [a.ready_ref for a in self.active.values() if a.ready_ref is not None]
+            if refs:
+                if actuator.ready(refs, timeout=min(left, 0.2)):
+                    break
+            else:
+                self._wake.wait(min(left, 0.2))
+        self._wake.clear()
+
+    def _round(self, now: float) -> None:
+        self.rounds += 1
+        # 1-2. the store and the cluster as they are now
+        lost = self._observe_nodes(now)
+        for a in list(self.active.values()):
+            gone = a.nodes() & lost or a.nodes() - set(self._nodes)
+            if gone:
+                self._interrupt(a, f"node {', '.join(sorted(gone))} was lost", now)
+        # 5. watch what is in flight
+        self._progress(now)
+        # 3. plan
+        queued = self.store.jobs(states=[State.QUEUED])
+        if not queued:
+            return
+        snapshot = ClusterSnapshot(
+            nodes=tuple(self._nodes.values()),
+            community_weights=self.store.community_weights(),
+        )
+        queue = [QueuedJob(self._demand(row)) for row in queued]
+        running = [
+            RunningJob(
+                demand=a.demand,
+                bundles=a.bundles,
+                started_at=a.started_at or a.placed_at,
+            )
+            for a in self.active.values()
+        ]
+        result = plan(snapshot, queue, running, now)
+        # 4. act on it
+        for p in result.preemptions:
+            if p.job in self.active:
+                self._requeue(self.active[p.job], State.PREEMPTED, p.reason, now)
+        rows = {r.id: r for r in queued}
+        for placement in result.placements:
+            self._place(rows[placement.job], placement.bundles, now)
+        self.store.set_waiting({w.job: list(w.reasons) for w in result.waiting})
+
+    # --- nodes ------------------------------------------------------------------------------
+
+    def _observe_nodes(self, now: float) -> set[str]:
+        """Refresh the alive mesh nodes; record joins and losses; the names lost."""
+        alive: dict[str, Node] = {}
+        seen: dict[str, actuator.RayNode] = {}
+        for rn in actuator.cluster_nodes():
+            if rn.name is None or not rn.alive:
+                continue
+            try:
+                alive[rn.name] = node_from_labels(rn.labels, rn.cpus, rn.memory_gb, rn.gpus)
+            except LabelError as e:
+                print(f"mesh: ignoring Ray node {rn.node_id[:12]}: {e}", file=sys.stderr)
+                continue
+            seen[rn.name] = rn
+        for name, rn in seen.items():
+            self.store.node_up(
+                name,
+                ray_node_id=rn.node_id,
+                labels=rn.labels,
+                cpus=rn.cpus,
+                memory_gb=rn.memory_gb,
+                gpus=rn.gpus,
+                now=now,
+            )
+        lost = set(self._nodes) - set(alive)
+        for known in self.store.nodes(now):
+            if known["alive"] and known["name"] not in alive:
+                self.store.node_down(known["name"], now, "Ray reports the node dead or gone")
+                lost.add(known["name"])
+        self._nodes = alive
+        return lost
+
+    # --- jobs in flight ---------------------------------------------------------------------
+
+    def _demand(self, row: JobRow) -> JobDemand:
+        key = (row.id, row.run)
+        if key not in self._specs:
+            spec = parse_job(row.spec, source=row.id)
+            from scheduler.policy import demand_from_spec
+
+            self._specs[key] = (spec, demand_from_spec(spec, row.submitted_at))
+        return self._specs[key][1]
+
+    def _place(self, row: JobRow, bundles: tuple[BundleAssignment, ...], now: float) -> None:
+        attempt = row.attempt + 1
+        group = actuator.group_name(row.id, row.run, attempt)
+        a = Active(
+            job=row.id,
+            run=row.run,
+            attempt=attempt,
+            kind=row.kind,
+            spec=row.spec,
+            demand=self._demand(row),
+            bundles=bundles,
+            group=group,
+            pg=None,
+            placed_at=now,
+        )
+        where = ", ".join(
+            f"{b.node}[{','.join(map(str, b.gpus)) or 'cpu'}]"
+            + (f"x{b.gpu_fraction:g}" if b.gpus and b.gpu_milli < 1000 else "")
+            for b in bundles
+        )
+        self.store.transition(
+            row.id,
+            State.PLACED,
+            f"placed on {where}",
+            now,
+            placement=_placement_json(bundles),
+            attempt=attempt,
+            data={"group": group},
+        )
+        a.pg, a.ready_ref = actuator.reserve(group, a.requests)
+        self.active[row.id] = a
+        self.placed += 1
+
+    def _start(self, a: Active, now: float) -> None:
+        a.ready_ref = None
+        a.workers = actuator.start_workers(a.pg, a.group, a.job, a.kind, a.spec, a.requests)
+        self._watch(a)
+        a.started_at = now
+        self.store.transition(a.job, State.RUNNING, f"{len(a.workers)} workers started", now)
+
+    def _watch(self, a: Active) -> None:
+        a.waits = {ref: i for i, ref in enumerate(actuator.waits(a.workers))}
+        if len(a.log_next) != len(a.workers):
+            a.log_next = [0] * len(a.workers)
+
+    def _progress(self, now: float) -> None:
+        refs = [a.ready_ref for a in self.active.values() if a.ready_ref is not None]
+        refs += [r for a in self.active.values() for r in a.waits]
+        refs += [r for a in self.active.values() for r in a.log_refs]
+        done = set(actuator.ready(refs, timeout=0))
+        for a in list(self.active.values()):
+            self._collect_logs(a, done, now)
+            if a.ready_ref is not None:
+                if a.ready_ref in done:
+                    self._start(a, now)
+                elif now - a.placed_at > self.settings.placement_timeout_s:
+                    self._requeue(
+                        a,
+                        State.QUEUED,
+                        f"placement group not ready after {self.settings.placement_timeout_s:g} s;"
+                        " placing again",
+                        now,
+                    )
+                continue
+            for ref in [r for r in a.waits if r in done]:
+                bundle = a.waits.pop(ref)
+                result = actuator.outcome(ref)
+                if result.report is not None:
+                    a.reports[bundle] = result.report
+                    continue
+                self._ended_badly(a, bundle, result, now)
+                break
+            else:
+                if a.job in self.active and not a.waits and a.workers:
+                    self._finish(a, now)
+
+    def _collect_logs(self, a: Active, done: set[Any], now: float) -> None:
+        lines: list[tuple[float, str]] = []
+        for ref in [r for r in a.log_refs if r in done]:
+            bundle = a.log_refs.pop(ref)
+            got = actuator.fetch(ref)
+            if got:
+                a.log_next[bundle] += len(got)
+                lines += [(float(ts), str(line)) for ts, line in got]
+        if lines:
+            self.store.append_logs(a.job, sorted(lines), a.log_next)
+        if (
+            a.workers
+            and not a.log_refs
+            and (now - a.logs_polled_at >= self.settings.log_interval_s or not a.waits)
+        ):
+            a.logs_polled_at = now
+            live = [(i, w) for i, w in enumerate(a.workers) if w is not None]
+            refs = actuator.log_refs([w for _, w in live], [a.log_next[i] for i, _ in live])
+            a.log_refs = {ref: i for ref, (i, _) in zip(refs, live, strict=True)}
+
+    def _drain_logs(self, a: Active) -> None:
+        """Collect the last log lines of a job whose workers have ended (before release)."""
+        refs = actuator.log_refs(a.workers, a.log_next) if a.workers else []
+        lines = []
+        for i, ref in enumerate(refs):
+            got = actuator.fetch(ref) or []
+            a.log_next[i] += len(got)
+            lines += [(float(ts), str(line)) for ts, line in got]
+        if lines:
+            self.store.append_logs(a.job, sorted(lines), a.log_next)
+
+    def _finish(self, a: Active, now: float) -> None:
+        self._drain_logs(a)
+        report = {"bundles": [a.reports[i] for i in sorted(a.reports)]}
+        self._release(a)
+        self.store.transition(
+            a.job,
+            State.SUCCEEDED,
+            "every bundle finished",
+            now,
+            report=report,
+            gpu_seconds=self._used(a, now),
+        )
+
+    def _ended_badly(self, a: Active, bundle: int, result: actuator.Outcome, now: float) -> None:
+        node = a.bundles[bundle].node
+        if result.lost and node not in self._nodes:
+            self._interrupt(a, f"node {node} was lost", now)
+            return
+        self._drain_logs(a)
+        row = self.store.job(a.job)
+        assert row is not None
+        self._release(a)
+        message = f"bundle {bundle} on {node} failed: {result.error}"
+        used = self._used(a, now)
+        if row.retries_used < row.max_retries:
+            reason = f"{message}; retry {row.retries_used + 1} of {row.max_retries}"
+            self.store.transition(a.job, State.QUEUED, reason, now, retry=True, gpu_seconds=used)
+        else:
+            self.store.transition(a.job, State.FAILED, message, now, gpu_seconds=used)
+
+    def _interrupt(self, a: Active, reason: str, now: float) -> None:
+        self._requeue(a, State.INTERRUPTED, reason, now)
+
+    def _requeue(self, a: Active, via: State, reason: str, now: float) -> None:
+        """Stop a job that did nothing wrong (preempted, node lost, placement timed out)."""
+        self._release(a)
+        used = self._used(a, now)
+        if via != State.QUEUED:
+            self.store.transition(a.job, via, reason, now, gpu_seconds=used)
+            reason, used = f"back in the queue ({via.value.lower()}: {reason})", 0.0
+        self.store.transition(a.job, State.QUEUED, reason, now, gpu_seconds=used)
+
+    def _release(self, a: Active) -> None:
+        actuator.release(a.pg, a.workers)
+        self.active.pop(a.job, None)
+
+    @staticmethod
+    def _used(a: Active, now: float) -> float:
+        return (now - a.started_at) * a.gpus_held() if a.started_at else 0.0
+
+    # --- restart ----------------------------------------------------------------------------
+
+    def _reconcile(self, now: float) -> None:
+        """Adopt the placement groups and workers of PLACED and RUNNING jobs; free orphans."""
+        found = actuator.groups()
+        for row in self.store.jobs(states=[State.PLACED, State.RUNNING]):
+            group = actuator.group_name(row.id, row.run, row.attempt)
+            info = found.pop(group, None)
+            bundles = _bundles_from_json(row.placement or [])
+            a = Active(
+                job=row.id,
+                run=row.run,
+                attempt=row.attempt,
+                kind=row.kind,
+                spec=row.spec,
+                demand=self._demand(row),
+                bundles=bundles,
+                group=group,
+                pg=actuator.group_handle(info["id"]) if info else None,
+                placed_at=row.updated_at,
+                started_at=row.started_at,
+            )
+            workers = actuator.find_workers(group, len(bundles))
+            if info is None or (row.state == State.RUNNING and None in workers):
+                a.workers = workers
+                gone = sorted(a.nodes() - set(self._nodes))
+                why = "its placement group" if info is None else "a workload actor"
+                if gone:
+                    self._interrupt(a, f"node {', '.join(gone)} was lost", now)
+                else:
+                    self._requeue(
+                        a, State.INTERRUPTED, f"{why} was gone after the controller restarted", now
+                    )
+                continue
+            self.active[row.id] = a
+            if all(w is not None for w in workers):
+                a.workers = workers
+                self._watch(a)
+                a.log_next = self.store.log_cursors(row.id, len(workers))
+                if row.state == State.PLACED:
+                    a.started_at = now
+                    self.store.transition(row.id, State.RUNNING, "workers found on restart", now)
+            else:
+                actuator.release(None, workers)  # a partial start: begin again in the group
+                a.ready_ref = a.pg.ready()
+        for name, info in found.items():
+            actuator.release_named(name, info["bundles"])
+
+    # --- what the API asks ------------------------------------------------------------------
+
+    def _auth(self, token: str | None) -> Principal:
+        p = self.store.authenticate(token) if token else None
+        if p is None:
+            raise ApiError(
+                401,
+                "unauthorized",
+                "a valid bearer token is required" if token else "no bearer token",
+                "pass --token or set MESH_TOKEN; meshctl up prints the admin token",
+            )
+        return p
+
+    def _own(self, p: Principal, job_id: str) -> JobRow:
+        row = self.store.job(job_id)
+        if row is None:
+            raise ApiError(404, "not_found", f"no job {job_id}", "meshctl jobs lists the jobs")
+        if not p.may_see(row.community):
+            raise ApiError(
+                403,
+                "forbidden",
+                f"job {job_id} belongs to community {row.community}",
+                "a member token sees only its own community's jobs",
+            )
+        return row
+
+    def call(self, method: str, token: str | None, **kwargs: Any) -> dict[str, Any]:
+        """The API's one entry point: {"status": N, "body": ...}; errors in the API's form."""
+        try:
+            if method == "health":
+                return {"status": 200, "body": {"ok": True}}
+            p = self._auth(token)
+            with self._lock:
+                status, body = getattr(self, f"api_{method}")(p, **kwargs)
+            return {"status": status, "body": body}
+        except ApiError as e:
+            return {"status": e.status, "body": e.body()}
+        except StoreError as e:
+            error = ApiError(STORE_STATUS.get(e.code, 400), e.code, e.message, e.hint)
+            return {"status": error.status, "body": error.body()}
+
+    def api_whoami(self, p: Principal) -> tuple[int, Any]:
+        return 200, {"community": p.community, "role": p.role, "token_id": p.token_id}
+
+    def api_submit(self, p: Principal, document: Any) -> tuple[int, Any]:
+        now = time.time()
+        try:
+            spec = parse_job(document, source="job")
+        except SpecError as e:
+            raise ApiError(
+                400,
+                "invalid_spec",
+                str(e),
+                "meshctl validate FILE checks a job file; meshctl schema prints every field",
+            ) from None
+        if not p.may_see(spec.community):
+            raise ApiError(
+                403,
+                "forbidden",
+                f"this token belongs to community {p.community}, not {spec.community}",
+                "submit jobs of your own community, or use a token of that community",
+            )
+        if spec.kind.value not in RUNNABLE_KINDS:
+            raise ApiError(
+                422,
+                "unsupported_kind",
+                f"kind {spec.kind.value} cannot run on this mesh yet",
+                f"kinds that run here: {', '.join(sorted(RUNNABLE_KINDS))}",
+            )
+        self._check_fits(spec)
+        row = self.store.submit(
+            job_id=spec.job_id,
+            community=spec.community,
+            name=spec.name,
+            kind=spec.kind.value,
+            priority=spec.priority.value,
+            gpus=spec.resources.gpus,
+            max_retries=spec.max_retries,
+            spec=spec.model_dump(mode="json", by_alias=True, exclude_unset=True),
+            now=now,
+            actor=p.name,
+        )
+        self._wake.set()
+        return 201, job_view(row, self.store)
+
+    def _check_fits(self, spec: JobSpec) -> None:
+        """Reject a job that cannot run even on an idle cluster of every node ever seen."""
+        known = dict(self._nodes)
+        for n in self.store.nodes(time.time()):
+            if n["name"] not in known:
+                try:
+                    known[n["name"]] = node_from_labels(
+                        n["labels"], n["cpus"], n["memory_gb"], n["gpus"]
+                    )
+                except LabelError:
+                    continue
+        idle = plan(ClusterSnapshot(nodes=tuple(known.values())), [QueuedJob.from_spec(spec)])
+        if idle.waiting:
+            raise ApiError(
+                422,
+                "unschedulable",
+                f"{spec.job_id} can never run on this mesh: " + "; ".join(idle.waiting[0].reasons),
+                "meshctl nodes shows what the mesh has",
+            )
+
+    def api_jobs(
+        self, p: Principal, community: str | None = None, state: str | None = None
+    ) -> tuple[int, Any]:
+        if not p.admin:
+            if community is not None and community != p.community:
+                raise ApiError(403, "forbidden", f"a member of {p.community} sees only its jobs")
+            community = p.community
+        states = None
+        if state is not None:
+            try:
+                states = [State(state.upper())]
+            except ValueError:
+                raise ApiError(
+                    400,
+                    "bad_request",
+                    f"unknown state {state!r}",
+                    "one of " + ", ".join(s.value for s in State),
+                ) from None
+        rows = self.store.jobs(states=states, community=community)
+        return 200, {"jobs": [r.summary() for r in rows]}
+
+    def api_job(self, p: Principal, job_id: str) -> tuple[int, Any]:
+        return 200, job_view(self._own(p, job_id), self.store)
+
+    def api_cancel(self, p: Principal, job_id: str) -> tuple[int, Any]:
+        row = self._own(p, job_id)
+        now = time.time()
+        if row.state.terminal:
+            raise ApiError(409, "already_finished", f"job {job_id} already ended: {row.state}")
+        a = self.active.get(job_id)
+        if a is not None:
+            self._drain_logs(a)
+            self._release(a)
+        self.store.transition(
+            job_id,
+            State.CANCELLED,
+            f"cancelled by {p.name}",
+            now,
+            actor=p.name,
+            gpu_seconds=self._used(a, now) if a else 0.0,
+        )
+        self._wake.set()
+        return 200, job_view(self.store.job(job_id), self.store)  # type: ignore[arg-type]
+
+    def api_logs(self, p: Principal, job_id: str, since: int = 1) -> tuple[int, Any]:
+        row = self._own(p, job_id)
+        lines = self.store.logs(job_id, since=max(1, since))
+        nxt = lines[-1]["seq"] + 1 if lines else max(1, since)
+        return 200, {"lines": lines, "next": nxt, "state": row.state.value}
+
+    def api_nodes(self, p: Principal) -> tuple[int, Any]:
+        return 200, {"nodes": node_views(self.store, self.active.values(), time.time())}
+
+    def api_audit(
+        self, p: Principal, job: str | None = None, since: int = 1, limit: int = 10_000
+    ) -> tuple[int, Any]:
+        limit = max(1, min(limit, 100_000))
+        records = self.store.audit(job=job, since=max(1, since), limit=limit + 1)
+        more = len(records) > limit
+        return 200, {"records": records[:limit], "more": more, "head": self.store.audit_head()}
+
+    def _admin(self, p: Principal) -> None:
+        if not p.admin:
+            raise ApiError(403, "forbidden", "only an admin token manages tokens")
+
+    def api_tokens(self, p: Principal) -> tuple[int, Any]:
+        self._admin(p)
+        return 200, {"tokens": self.store.tokens()}
+
+    def api_create_token(
+        self, p: Principal, community: str | None = None, role: str = "member"
+    ) -> tuple[int, Any]:
+        import secrets
+
+        self._admin(p)
+        if role not in ("member", "admin"):
+            raise ApiError(400, "bad_request", f"unknown role {role!r}", "member or admin")
+        if role == "member" and not community:
+            raise ApiError(400, "bad_request", "a member token needs a community")
+        token = "mesh_" + secrets.token_urlsafe(32)
+        token_id = self.store.add_token(
+            token, community=community, role=role, now=time.time(), actor=p.name
+        )
+        return 201, {"id": token_id, "token": token, "community": community, "role": role}
+
+    def api_revoke_token(self, p: Principal, token_id: str) -> tuple[int, Any]:
+        self._admin(p)
+        self.store.revoke_token(token_id, time.time(), p.name)
+        return 200, {"id": token_id, "revoked": True}
+
+    # --- for deploy, tests and benchmarks ---------------------------------------------------
+
+    def ensure_admin(self, token: str) -> str:
+        return self.store.add_token(
+            token, community=None, role="admin", now=time.time(), actor="meshctl-up"
+        )
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "rounds": self.rounds,
+            "placed": self.placed,
+            "active": len(self.active),
+            "cpu_s": time.process_time(),
+        }
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._wake.set()

@@ -1,0 +1,150 @@
+"""One local multi-node Ray cluster with declared GPUs per test session, with the mesh on it.
+
+Nodes are those of tests/integration/cluster.yaml, labelled as `meshctl up --nodes` labels them
+(simulated GPUs: Ray accounts for them, the work runs on the CPU). Fast health checks, so that a
+killed node is noticed in about a second; the controller loop runs every half second.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # never create ~/.ray/auth_token in tests
+
+import httpx
+import pytest
+import ray
+from ray.cluster_utils import Cluster
+
+from cluster.labels import labels_for
+from scheduler.cluster import Node, load_cluster
+from scheduler.deploy import start_services
+
+CLUSTER_FILE = Path(__file__).with_name("cluster.yaml")
+FAST = {
+    "health_check_initial_delay_ms": 0,
+    "health_check_period_ms": 200,
+    "health_check_timeout_ms": 1000,
+    "health_check_failure_threshold": 3,
+}
+OBJECT_STORE = 75 * 1024**2
+TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclasses.dataclass
+class Mesh:
+    api: str
+    admin_token: str
+    home: Path
+    cluster: Cluster
+    http: httpx.Client
+
+    def headers(self, token: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token or self.admin_token}"}
+
+    def add_node(self, node: Node) -> Any:
+        """Start one more Ray node with declared GPUs (a volunteer joining)."""
+        handle = self.cluster.add_node(
+            num_cpus=node.cpus,
+            num_gpus=len(node.gpus),
+            memory=int(node.memory_gb * 2**30),
+            object_store_memory=OBJECT_STORE,
+            labels=labels_for(dataclasses.replace(node, simulated=True)),
+        )
+        self.cluster.wait_for_nodes()
+        return handle
+
+    def probe_doc(
+        self,
+        name: str,
+        community: str = "bio-ml",
+        gpus: int = 1,
+        duration_s: float = 1.0,
+        **resources: Any,
+    ) -> dict[str, Any]:
+        return {
+            "apiVersion": "mesh/v1",
+            "kind": "Probe",
+            "name": name,
+            "community": community,
+            "resources": {"gpus": gpus, **resources},
+            "probe": {"duration_s": duration_s, "matmul_size": 256},
+        }
+
+    def submit(self, doc: dict[str, Any], token: str | None = None) -> httpx.Response:
+        return self.http.post(f"{self.api}/jobs", json=doc, headers=self.headers(token))
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        r = self.http.get(f"{self.api}/jobs/{job_id}", headers=self.headers())
+        r.raise_for_status()
+        body: dict[str, Any] = r.json()
+        return body
+
+    def wait_for(self, job_id: str, states: set[str], timeout: float = 90.0) -> dict[str, Any]:
+        """Poll a job until it is in one of `states`; fail with its last view otherwise."""
+        deadline = time.monotonic() + timeout
+        job = self.job(job_id)
+        while job["state"] not in states:
+            if time.monotonic() > deadline or (job["state"] in TERMINAL - states):
+                pytest.fail(f"{job_id} is {job['state']}, not {sorted(states)}: {job}")
+            time.sleep(0.2)
+            job = self.job(job_id)
+        return job
+
+    def audit(self, job: str | None = None) -> list[dict[str, Any]]:
+        params = {"job": job} if job else {}
+        r = self.http.get(f"{self.api}/audit", params=params, headers=self.headers())
+        r.raise_for_status()
+        records: list[dict[str, Any]] = r.json()["records"]
+        return records
+
+
+@pytest.fixture(scope="session")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    home = tmp_path_factory.mktemp("mesh-home")
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 2,
+            "include_dashboard": False,
+            "object_store_memory": OBJECT_STORE,
+            "labels": {"mesh/node": "head"},
+            "_system_config": FAST,
+        },
+    )
+    for node in load_cluster(CLUSTER_FILE).nodes:
+        cluster.add_node(
+            num_cpus=node.cpus,
+            num_gpus=len(node.gpus),
+            memory=int(node.memory_gb * 2**30),
+            object_store_memory=OBJECT_STORE,
+            labels=labels_for(dataclasses.replace(node, simulated=True)),
+        )
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False)
+    token = "test-admin-token"
+    api = start_services(
+        home=home,
+        port=free_port(),
+        admin_token=token,
+        settings={"loop_interval_s": 0.5, "placement_timeout_s": 20, "log_interval_s": 0.5},
+    )
+    with httpx.Client(timeout=30) as http:
+        yield Mesh(api=api, admin_token=token, home=home, cluster=cluster, http=http)
+    from ray import serve
+
+    serve.shutdown()
+    ray.shutdown()
+    cluster.shutdown()

@@ -1,0 +1,96 @@
+"""kind: Probe: occupy a bundle for `duration_s` and report what the bundle really got.
+
+Per bundle: the node's `mesh/node` label, the GPU ids Ray assigned (`CUDA_VISIBLE_DEVICES`),
+the share of a GPU, and, when torch sees a CUDA device, its name, memory and a matmul TFLOP/s
+figure. Nodes with declared (simulated) GPUs are not measured: there is no GPU behind them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import ray
+
+from cluster.labels import NODE, SIMULATED
+from workloads.runner import WorkContext, WorkloadError
+
+MATMUL_SECONDS = 2.0
+
+
+def measure_cuda(size: int, seconds: float = MATMUL_SECONDS) -> dict[str, Any] | None:
+    """Name, memory and half-precision matmul TFLOP/s of the first visible CUDA device."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    device = torch.device("cuda", 0)
+    props = torch.cuda.get_device_properties(device)
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    iterations, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for _ in range(10):
+            a @ b
+        iterations += 10
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    return {
+        "device": props.name,
+        "memory_gb": round(props.total_memory / 2**30, 2),
+        "tflops": round(2 * size**3 * iterations / elapsed / 1e12, 1),
+        "dtype": str(dtype).removeprefix("torch."),
+    }
+
+
+def run_probe(ctx: WorkContext) -> dict[str, Any]:
+    section = ctx.spec.get("probe") or {}
+    duration = float(section.get("duration_s", 30))
+    size = int(section.get("matmul_size", 4096))
+    started = time.time()
+    runtime = ray.get_runtime_context()
+    labels = runtime.get_node_labels()
+    node = labels.get(NODE)
+    if node != ctx.node:
+        raise WorkloadError(f"bundle {ctx.bundle} was meant for node {ctx.node} but runs on {node}")
+    assigned = runtime.get_assigned_resources()
+    gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    simulated = labels.get(SIMULATED) == "true"
+    ctx.log(
+        f"bundle {ctx.bundle} on {node}: GPU ids {','.join(gpu_ids) or '-'}, "
+        f"share {assigned.get('GPU', 0):g}" + (" (simulated GPUs)" if simulated else "")
+    )
+    measured = None if simulated or not gpu_ids else measure_cuda(size)
+    if measured:
+        ctx.log(
+            f"bundle {ctx.bundle}: {measured['device']}, {measured['memory_gb']} GB, "
+            f"{measured['tflops']} TFLOP/s ({measured['dtype']} matmul {size})"
+        )
+    remaining = duration - (time.time() - started)
+    while remaining > 0:
+        if not ctx.sleep(min(remaining, 5.0)):
+            raise WorkloadError("stopped")
+        remaining = duration - (time.time() - started)
+        if remaining > 0:
+            ctx.log(f"bundle {ctx.bundle}: {duration - remaining:.0f} of {duration:g} s")
+    ctx.log(f"bundle {ctx.bundle}: done")
+    return {
+        "bundle": ctx.bundle,
+        "node": node,
+        "gpu_ids": gpu_ids,
+        "cuda_visible_devices": visible,
+        "gpu_fraction": assigned.get("GPU", 0.0),
+        "simulated": simulated,
+        "device": measured["device"] if measured else None,
+        "memory_gb": measured["memory_gb"] if measured else None,
+        "tflops": measured["tflops"] if measured else None,
+        "pid": os.getpid(),
+        "started_at": started,
+        "finished_at": time.time(),
+    }
