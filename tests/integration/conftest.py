@@ -87,7 +87,12 @@ class Mesh:
         return self.http.post(f"{self.api}/jobs", json=doc, headers=self.headers(token))
 
     def job(self, job_id: str) -> dict[str, Any]:
+        """A job's view; waits out a controller restart (503 with Retry-After)."""
+        deadline = time.monotonic() + 60
         r = self.http.get(f"{self.api}/jobs/{job_id}", headers=self.headers())
+        while r.status_code == 503 and time.monotonic() < deadline:
+            time.sleep(float(r.headers.get("Retry-After", "1")) / 4)
+            r = self.http.get(f"{self.api}/jobs/{job_id}", headers=self.headers())
         r.raise_for_status()
         body: dict[str, Any] = r.json()
         return body
