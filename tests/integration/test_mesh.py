@@ -59,7 +59,8 @@ def test_a_probe_runs_where_the_plan_put_it(mesh: Mesh) -> None:
     [report] = job["report"]["bundles"]
     assert report["node"] == placed["node"]
     assert len(report["gpu_ids"]) == 1
-    assert report["simulated"] is True and report["tflops"] is None
+    assert report["simulated"] is True
+    assert report["tflops"] is None
     states = [t["to"] for t in job["transitions"]]
     assert states == ["QUEUED", "PLACED", "RUNNING", "SUCCEEDED"]
     logs = mesh.http.get(f"{mesh.api}/jobs/bio-ml/smoke/logs", headers=mesh.headers()).json()
@@ -140,7 +141,8 @@ def test_a_job_on_a_node_that_vanishes_is_placed_again_elsewhere(mesh: Mesh) -> 
         records = mesh.audit()
         assert verify_chain(records) is None
         kinds = [r["kind"] for r in records if r["job"] == "bio-ml/survivor"]
-        assert kinds.count("interrupt") == 1 and kinds.count("start") == 2
+        assert kinds.count("interrupt") == 1
+        assert kinds.count("start") == 2
         assert any(r["kind"] == "node_leave" and r["node"] == first["node"] for r in records)
         nodes = mesh.http.get(f"{mesh.api}/nodes", headers=mesh.headers()).json()["nodes"]
         lost = next(n for n in nodes if n["name"] == first["node"])
@@ -245,14 +247,16 @@ def test_bad_input_gets_a_clear_error_and_stores_nothing(mesh: Mesh) -> None:
         content="a: [1, 2",
         headers={**mesh.headers(), "Content-Type": "application/yaml"},
     )
-    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_spec"
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] == "invalid_spec"
 
     r = http.post(
         f"{api}/jobs",
         content=b"x" * (1024 * 1024 + 1),
         headers={**mesh.headers(), "Content-Type": "application/yaml"},
     )
-    assert r.status_code == 413 and r.json()["error"]["code"] == "too_large"
+    assert r.status_code == 413
+    assert r.json()["error"]["code"] == "too_large"
 
     r = mesh.submit(mesh.probe_doc("too-big", gpus=3, placement="strict_pack"))
     assert r.status_code == 422
@@ -265,7 +269,8 @@ def test_bad_input_gets_a_clear_error_and_stores_nothing(mesh: Mesh) -> None:
     assert r.status_code in (400, 422)
 
     r = http.get(f"{api}/jobs/bio-ml/no-such-job", headers=mesh.headers())
-    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    assert r.status_code == 404
+    assert r.json()["error"]["code"] == "not_found"
 
     assert len(http.get(f"{api}/jobs", headers=mesh.headers()).json()["jobs"]) == before
     assert mesh.audit()[-1]["hash"] == head
