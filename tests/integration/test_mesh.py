@@ -68,7 +68,7 @@ def test_a_probe_runs_where_the_plan_put_it(mesh: Mesh) -> None:
 
 
 def test_a_mixed_batch_runs_exactly_as_planned_and_never_overcommits(mesh: Mesh) -> None:
-    a100 = {"gpu_types": ["A100-80GB"], "placement": "strict_pack"}
+    a100: dict[str, Any] = {"gpu_types": ["A100-80GB"], "placement": "strict_pack"}
     batch = {
         "mix-pack": mesh.probe_doc("mix-pack", gpus=2, duration_s=5, **a100),
         "mix-share-1": mesh.probe_doc("mix-share-1", duration_s=4, gpu_memory_gb=8),
