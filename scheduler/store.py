@@ -299,7 +299,7 @@ class Store:
         last = db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
         record = {
             "seq": (last["seq"] + 1) if last else 1,
-            "ts": round(ts, 6),
+            "ts": float(round(ts, 6)),  # REAL in SQLite: hash what is read back
             "kind": kind,
             "job": job,
             "node": node,
@@ -652,7 +652,8 @@ class Store:
             row = db.execute("SELECT alive, up_since FROM nodes WHERE name = ?", (name,)).fetchone()
             if row is None or not row["alive"]:
                 return False
-            up = max(0.0, now - (row["up_since"] or now))
+            since = row["up_since"] if row["up_since"] is not None else now
+            up = max(0.0, now - since)
             db.execute(
                 "UPDATE nodes SET alive = 0, last_seen = ?, up_since = NULL,"
                 " up_seconds = up_seconds + ? WHERE name = ?",
@@ -670,7 +671,8 @@ class Store:
             rows = self._db.execute("SELECT * FROM nodes ORDER BY name").fetchall()
         result = []
         for r in rows:
-            up = r["up_seconds"] + (now - r["up_since"] if r["alive"] and r["up_since"] else 0)
+            current = now - r["up_since"] if r["alive"] and r["up_since"] is not None else 0
+            up = r["up_seconds"] + current
             span = now - r["first_seen"]
             result.append(
                 {
