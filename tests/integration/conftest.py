@@ -22,7 +22,7 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from cluster.labels import labels_for
+from cluster.nodes import declared_node_args, start_cluster
 from scheduler.cluster import Node, load_cluster
 from scheduler.deploy import start_services
 
@@ -33,7 +33,6 @@ FAST = {
     "health_check_timeout_ms": 1000,
     "health_check_failure_threshold": 3,
 }
-OBJECT_STORE = 75 * 1024**2
 TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
 
 
@@ -56,13 +55,7 @@ class Mesh:
 
     def add_node(self, node: Node) -> Any:
         """Start one more Ray node with declared GPUs (a volunteer joining)."""
-        handle = self.cluster.add_node(
-            num_cpus=node.cpus,
-            num_gpus=len(node.gpus),
-            memory=int(node.memory_gb * 2**30),
-            object_store_memory=OBJECT_STORE,
-            labels=labels_for(dataclasses.replace(node, simulated=True)),
-        )
+        handle = self.cluster.add_node(**declared_node_args(node))
         self.cluster.wait_for_nodes()
         return handle
 
@@ -119,25 +112,11 @@ class Mesh:
 @pytest.fixture(scope="session")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     home = tmp_path_factory.mktemp("mesh-home")
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={
-            "num_cpus": 2,
-            "include_dashboard": False,
-            "object_store_memory": OBJECT_STORE,
-            "labels": {"mesh/node": "head"},
-            "_system_config": FAST,
-        },
+    cluster = start_cluster(
+        Node("head", cpus=2, memory_gb=4),
+        load_cluster(CLUSTER_FILE).nodes,
+        system_config=FAST,
     )
-    for node in load_cluster(CLUSTER_FILE).nodes:
-        cluster.add_node(
-            num_cpus=node.cpus,
-            num_gpus=len(node.gpus),
-            memory=int(node.memory_gb * 2**30),
-            object_store_memory=OBJECT_STORE,
-            labels=labels_for(dataclasses.replace(node, simulated=True)),
-        )
-    cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False)
     token = "test-admin-token"
     api = start_services(
