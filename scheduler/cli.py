@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from scheduler import gpus
+from cluster.lifecycle_cli import down, up
+from scheduler import cli_mesh, gpus, terminal
 from scheduler.cluster import ClusterFile, ClusterSnapshot, load_cluster
 from scheduler.documents import SpecError
 from scheduler.policy import Plan, QueuedJob, plan
@@ -25,13 +25,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console()
-err = Console(stderr=True)
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
+out, err, _fail = terminal.out, terminal.err, terminal.fail
 
 
 def _version(value: bool) -> None:
@@ -185,3 +179,10 @@ def plan_command(
         typer.echo(json.dumps(result.to_json(), indent=2))
     else:
         _print_plan(result, snapshot, len(queue), len(placed))
+
+
+app.command()(up)
+app.command()(down)
+# The commands that talk to a running mesh live in their own module.
+app.registered_commands += cli_mesh.app.registered_commands
+app.registered_groups += cli_mesh.app.registered_groups

@@ -33,6 +33,7 @@ from scheduler.store import JobRow, Principal, State, Store, StoreError
 from scheduler.views import STORE_STATUS, ApiError, job_view, node_views
 
 RUNNABLE_KINDS = frozenset({"Probe"})
+NODE_REFRESH_S = 30.0  # how often an alive node's last_seen is written
 
 
 class Settings(BaseModel):
@@ -108,6 +109,10 @@ class MeshController:
         self.active: dict[str, Active] = {}
         self._specs: dict[tuple[str, int], tuple[JobSpec, JobDemand]] = {}
         self._nodes: dict[str, Node] = {}  # alive mesh nodes by name
+        self._seen: dict[str, tuple[str, float]] = {}  # name -> (Ray node id, last written)
+        self._known_alive: set[str] | None = None
+        self._ignored: set[str] = set()  # Ray nodes without mesh labels, reported once
+        self._waiting: dict[str, list[str]] = {}  # the reasons last written, per job
         self._lock = threading.RLock()
         self._wake = threading.Event()
         self._stopped = threading.Event()
@@ -182,38 +187,50 @@ class MeshController:
         rows = {r.id: r for r in queued}
         for placement in result.placements:
             self._place(rows[placement.job], placement.bundles, now)
-        self.store.set_waiting({w.job: list(w.reasons) for w in result.waiting})
+        reasons = {w.job: list(w.reasons) for w in result.waiting}
+        changed = {j: r for j, r in reasons.items() if self._waiting.get(j) != r}
+        if changed:
+            self.store.set_waiting(changed)
+        self._waiting = reasons
 
     # --- nodes ------------------------------------------------------------------------------
 
     def _observe_nodes(self, now: float) -> set[str]:
-        """Refresh the alive mesh nodes; record joins and losses; the names lost."""
+        """Refresh the alive mesh nodes; record joins and losses; the names lost.
+
+        The store is written only when something changed, or to refresh a node's last_seen
+        every NODE_REFRESH_S, not on every round.
+        """
         alive: dict[str, Node] = {}
-        seen: dict[str, actuator.RayNode] = {}
         for rn in actuator.cluster_nodes():
             if rn.name is None or not rn.alive:
                 continue
             try:
                 alive[rn.name] = node_from_labels(rn.labels, rn.cpus, rn.memory_gb, rn.gpus)
             except LabelError as e:
-                print(f"mesh: ignoring Ray node {rn.node_id[:12]}: {e}", file=sys.stderr)
+                if rn.node_id not in self._ignored:
+                    print(f"mesh: ignoring Ray node {rn.node_id[:12]}: {e}", file=sys.stderr)
+                    self._ignored.add(rn.node_id)
                 continue
-            seen[rn.name] = rn
-        for name, rn in seen.items():
-            self.store.node_up(
-                name,
-                ray_node_id=rn.node_id,
-                labels=rn.labels,
-                cpus=rn.cpus,
-                memory_gb=rn.memory_gb,
-                gpus=rn.gpus,
-                now=now,
-            )
-        lost = set(self._nodes) - set(alive)
-        for known in self.store.nodes(now):
-            if known["alive"] and known["name"] not in alive:
-                self.store.node_down(known["name"], now, "Ray reports the node dead or gone")
-                lost.add(known["name"])
+            seen = self._seen.get(rn.name)
+            if seen is None or seen[0] != rn.node_id or now - seen[1] >= NODE_REFRESH_S:
+                self.store.node_up(
+                    rn.name,
+                    ray_node_id=rn.node_id,
+                    labels=rn.labels,
+                    cpus=rn.cpus,
+                    memory_gb=rn.memory_gb,
+                    gpus=rn.gpus,
+                    now=now,
+                )
+                self._seen[rn.name] = (rn.node_id, now)
+        if self._known_alive is None:  # first round: the nodes the store last saw alive
+            self._known_alive = {n["name"] for n in self.store.nodes(now) if n["alive"]}
+        lost = self._known_alive - set(alive)
+        for name in lost:
+            self.store.node_down(name, now, "Ray reports the node dead or gone")
+            self._seen.pop(name, None)
+        self._known_alive = set(alive)
         self._nodes = alive
         return lost
 

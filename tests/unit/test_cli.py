@@ -35,6 +35,16 @@ EXAMPLES = {
         "Example: meshctl plan examples/jobs/queue-mixed.yaml -c "
         "examples/clusters/volunteers-small.yaml"
     ),
+    "submit": "Example: meshctl submit examples/jobs/probe.yaml --follow",
+    "jobs": "Example: meshctl jobs --community bio-ml --state QUEUED",
+    "status": "Example: meshctl status bio-ml/probe-rtx-4090",
+    "logs": "Example: meshctl logs bio-ml/probe-rtx-4090 -f",
+    "cancel": "Example: meshctl cancel bio-ml/probe-rtx-4090",
+    "nodes": "Example: meshctl nodes",
+    "audit": "Example: meshctl audit verify",
+    "token": "Example: meshctl token create --community bio-ml",
+    "up": "Example: meshctl up --nodes examples/clusters/volunteers-small.yaml",
+    "down": "Example: meshctl down",
 }
 
 
