@@ -1,4 +1,4 @@
-# Mesh: `make demo` (set up, then plan the example queue on the example volunteer cluster),
+# Mesh: `make demo` (set up, plan the example queue, then run a Probe through a local mesh),
 # `make test` (set up, then run the test suite), `make lint`, `make bench`.
 PYTHON ?= python3
 VENV   ?= .venv
@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/meshctl plan examples/jobs/queue-mixed.yaml --cluster examples/clusters/volunteers-small.yaml
+	examples/demo.sh
 
 test: setup
 	$(BIN)/pytest -q

@@ -283,7 +283,12 @@ class MeshController:
         a.workers = actuator.start_workers(a.pg, a.group, a.job, a.kind, a.spec, a.requests)
         self._watch(a)
         a.started_at = now
-        self.store.transition(a.job, State.RUNNING, f"{len(a.workers)} workers started", now)
+        self.store.transition(
+            a.job,
+            State.RUNNING,
+            f"{len(a.workers)} worker{'s' if len(a.workers) != 1 else ''} started",
+            now,
+        )
 
     def _watch(self, a: Active) -> None:
         a.waits = {ref: i for i, ref in enumerate(actuator.waits(a.workers))}
