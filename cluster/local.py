@@ -47,6 +47,7 @@ from typing import Any
 import yaml
 
 from cluster.nodes import host_node, host_node_name, start_cluster
+from cluster.processes import MeshProcess, cmdline, is_alive, process_start, session_members
 from scheduler.cluster import Node, load_cluster
 
 __all__ = [
@@ -171,95 +172,15 @@ def read_up(home: MeshHome) -> dict[str, Any] | None:
     return _read_json(home.up_file)
 
 
-# --- processes, named by PID and start time -------------------------------------------------------
-
-
-def _proc_stat(pid: int) -> tuple[str, int, int] | None:
-    """(state, session id, start time in clock ticks since boot) of a process, from
-    /proc/PID/stat; None if there is no such process."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    # the command name (field 2) is in parentheses and may hold spaces or ')'
-    fields = text[text.rindex(")") + 2 :].split()
-    return fields[0], int(fields[3]), int(fields[19])
-
-
-def process_start(pid: int) -> int | None:
-    """When the process started (clock ticks since boot), or None if it is not there."""
-    stat = _proc_stat(pid)
-    return stat[2] if stat else None
-
-
-def is_alive(pid: int, start: int | None = None) -> bool:
-    """Whether process `pid` runs (a zombie has finished) and, if `start` is given, is the process
-    that started then, not a later one that reuses the PID."""
-    if pid <= 0:
-        return False
-    stat = _proc_stat(pid)
-    if stat is None or stat[0] in ("Z", "X", "x"):
-        return False
-    return start is None or stat[2] == start
-
-
-def session_members(supervisor: MeshProcess) -> list[MeshProcess]:
-    """The live processes of the session the supervisor leads (it was started with its own
-    session): every Ray process it started, workers and actors included, and nothing else.
-    Empty when the supervisor's start time is unknown or its PID now names another process."""
-    if supervisor.start is None:
-        return []
-    now = _proc_stat(supervisor.pid)
-    if now is not None and now[2] != supervisor.start:
-        return []  # the PID (and with it the session id) belongs to someone else now
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) in (os.getpid(), supervisor.pid):
-            continue
-        stat = _proc_stat(int(entry.name))
-        if (
-            stat is not None
-            and stat[1] == supervisor.pid
-            and stat[2] >= supervisor.start
-            and stat[0] not in ("Z", "X", "x")
-        ):
-            found.append(MeshProcess(int(entry.name), stat[2], "session"))
-    return found
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return []
-    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+# --- the supervisor's process ---------------------------------------------------------------
 
 
 def is_supervisor(pid: int, start: int | None = None) -> bool:
     """Whether `pid` is a live `python -m cluster.local` (and the one that started at `start`)."""
     if not is_alive(pid, start):
         return False
-    args = _cmdline(pid)
+    args = cmdline(pid)
     return any(a == "-m" and b == SUPERVISOR_MODULE for a, b in zip(args, args[1:], strict=False))
-
-
-@dataclass(frozen=True)
-class MeshProcess:
-    """A process the supervisor started (or the supervisor itself)."""
-
-    pid: int
-    start: int | None
-    kind: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {"pid": self.pid, "start": self.start, "kind": self.kind}
-
-    @classmethod
-    def from_json(cls, data: Any) -> MeshProcess | None:
-        if not isinstance(data, dict) or not isinstance(data.get("pid"), int):
-            return None
-        start = data.get("start")
-        return cls(data["pid"], start if isinstance(start, int) else None, str(data.get("kind")))
 
 
 def running_supervisor(home: MeshHome) -> MeshProcess | None:
