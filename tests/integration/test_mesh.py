@@ -274,3 +274,22 @@ def test_bad_input_gets_a_clear_error_and_stores_nothing(mesh: Mesh) -> None:
 
     assert len(http.get(f"{api}/jobs", headers=mesh.headers()).json()["jobs"]) == before
     assert mesh.audit()[-1]["hash"] == head
+
+
+def test_a_workload_that_dies_uses_up_a_retry_and_runs_again(mesh: Mesh) -> None:
+    doc = {**mesh.probe_doc("fragile", duration_s=4), "max_retries": 1}
+    assert mesh.submit(doc).status_code == 201
+    job = mesh.wait_for("bio-ml/fragile", {"RUNNING"})
+    group = actuator.group_name("bio-ml/fragile", job["run"], 1)
+    [worker] = actuator.find_workers(group, 1)
+    ray.kill(worker, no_restart=True)  # its node stays up: the job itself failed
+
+    job = mesh.wait_for("bio-ml/fragile", {"SUCCEEDED"})
+    assert job["retries_used"] == 1
+    states = [t["to"] for t in job["transitions"]]
+    assert states == ["QUEUED", "PLACED", "RUNNING", "QUEUED", "PLACED", "RUNNING", "SUCCEEDED"]
+    retry = job["transitions"][3]["reason"]
+    assert "failed" in retry
+    assert retry.endswith("retry 1 of 1")
+    kinds = [r["kind"] for r in mesh.audit(job="bio-ml/fragile")]
+    assert kinds.count("retry") == 1
