@@ -282,6 +282,7 @@ def test_a_workload_that_dies_uses_up_a_retry_and_runs_again(mesh: Mesh) -> None
     job = mesh.wait_for("bio-ml/fragile", {"RUNNING"})
     group = actuator.group_name("bio-ml/fragile", job["run"], 1)
     [worker] = actuator.find_workers(group, 1)
+    assert worker is not None
     ray.kill(worker, no_restart=True)  # its node stays up: the job itself failed
 
     job = mesh.wait_for("bio-ml/fragile", {"SUCCEEDED"})
