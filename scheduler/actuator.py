@@ -135,6 +135,11 @@ def start_workers(
     return workers
 
 
+def pings(workers: Sequence[Worker]) -> list[Ref]:
+    """Refs that resolve once each worker runs (its workload has started)."""
+    return [w.ping.remote() for w in workers]
+
+
 def waits(workers: Sequence[Worker]) -> list[Ref]:
     """Refs that resolve when each worker's workload ends."""
     return [w.wait.remote() for w in workers]

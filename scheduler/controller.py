@@ -62,6 +62,7 @@ class Active:
     started_at: float | None = None
     workers: list[Any] = field(default_factory=list)
     waits: dict[Any, int] = field(default_factory=dict)  # ref -> bundle
+    alive_refs: list[Any] = field(default_factory=list)  # workers answering: RUNNING
     reports: dict[int, dict[str, Any]] = field(default_factory=dict)
     log_next: list[int] = field(default_factory=list)
     log_refs: dict[Any, int] = field(default_factory=dict)
@@ -145,6 +146,7 @@ class MeshController:
             with self._lock:
                 refs = [r for a in self.active.values() for r in a.waits]
                 refs += [a.ready_ref for a in self.active.values() if a.ready_ref is not None]
+                refs += [r for a in self.active.values() for r in a.alive_refs]
             if refs:
                 if actuator.ready(refs, timeout=min(left, 0.2)):
                     break
@@ -278,16 +280,19 @@ class MeshController:
         self.active[row.id] = a
         self.placed += 1
 
-    def _start(self, a: Active, now: float) -> None:
+    def _start(self, a: Active) -> None:
+        """The group is ready: start the workers; the job is RUNNING once they all answer."""
         a.ready_ref = None
         a.workers = actuator.start_workers(a.pg, a.group, a.job, a.kind, a.spec, a.requests)
         self._watch(a)
+        a.alive_refs = actuator.pings(a.workers)
+
+    def _running(self, a: Active, now: float) -> None:
+        a.alive_refs = []
         a.started_at = now
+        n = len(a.workers)
         self.store.transition(
-            a.job,
-            State.RUNNING,
-            f"{len(a.workers)} worker{'s' if len(a.workers) != 1 else ''} started",
-            now,
+            a.job, State.RUNNING, f"{n} worker{'s' if n != 1 else ''} running", now
         )
 
     def _watch(self, a: Active) -> None:
@@ -298,13 +303,14 @@ class MeshController:
     def _progress(self, now: float) -> None:
         refs = [a.ready_ref for a in self.active.values() if a.ready_ref is not None]
         refs += [r for a in self.active.values() for r in a.waits]
+        refs += [r for a in self.active.values() for r in a.alive_refs]
         refs += [r for a in self.active.values() for r in a.log_refs]
         done = set(actuator.ready(refs, timeout=0))
         for a in list(self.active.values()):
             self._collect_logs(a, done, now)
             if a.ready_ref is not None:
                 if a.ready_ref in done:
-                    self._start(a, now)
+                    self._start(a)
                 elif now - a.placed_at > self.settings.placement_timeout_s:
                     self._requeue(
                         a,
@@ -314,6 +320,8 @@ class MeshController:
                         now,
                     )
                 continue
+            if a.alive_refs and all(r in done for r in a.alive_refs):
+                self._running(a, now)
             for ref in [r for r in a.waits if r in done]:
                 bundle = a.waits.pop(ref)
                 result = actuator.outcome(ref)
@@ -358,6 +366,8 @@ class MeshController:
             self.store.append_logs(a.job, sorted(lines), a.log_next)
 
     def _finish(self, a: Active, now: float) -> None:
+        if a.alive_refs:  # ended before its start was seen: it ran all the same
+            self._running(a, now)
         self._drain_logs(a)
         report = {"bundles": [a.reports[i] for i in sorted(a.reports)]}
         self._release(a)
