@@ -32,6 +32,8 @@ lint: setup
 bench: setup
 	$(BIN)/python benchmarks/packing.py
 	$(BIN)/python benchmarks/plan_scale.py
+	$(BIN)/python benchmarks/submit_latency.py
+	$(BIN)/python benchmarks/queue_drain.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -34,6 +34,8 @@ from scheduler.views import STORE_STATUS, ApiError, job_view, node_views
 
 RUNNABLE_KINDS = frozenset({"Probe"})
 NODE_REFRESH_S = 30.0  # how often an alive node's last_seen is written
+WATCH_SLICE_S = 0.05  # the loop looks for a wake-up (a submission) at least this often
+LOCKED = frozenset({"cancel"})  # API methods that change what the loop works on
 
 
 class Settings(BaseModel):
@@ -148,10 +150,10 @@ class MeshController:
                 refs += [a.ready_ref for a in self.active.values() if a.ready_ref is not None]
                 refs += [r for a in self.active.values() for r in a.alive_refs]
             if refs:
-                if actuator.ready(refs, timeout=min(left, 0.2)):
+                if actuator.ready(refs, timeout=min(left, WATCH_SLICE_S)):
                     break
             else:
-                self._wake.wait(min(left, 0.2))
+                self._wake.wait(left)
         self._wake.clear()
 
     def _round(self, now: float) -> None:
@@ -165,14 +167,15 @@ class MeshController:
         # 5. watch what is in flight
         self._progress(now)
         # 3. plan
-        queued = self.store.jobs(states=[State.QUEUED])
+        queued = self.store.queued()
         if not queued:
             return
         snapshot = ClusterSnapshot(
             nodes=tuple(self._nodes.values()),
             community_weights=self.store.community_weights(),
         )
-        queue = [QueuedJob(self._demand(row)) for row in queued]
+        queue = [QueuedJob(self._demand_of(job, run)) for job, run in queued]
+        self._forget_specs({*queued, *((a.job, a.run) for a in self.active.values())})
         running = [
             RunningJob(
                 demand=a.demand,
@@ -186,9 +189,10 @@ class MeshController:
         for p in result.preemptions:
             if p.job in self.active:
                 self._requeue(self.active[p.job], State.PREEMPTED, p.reason, now)
-        rows = {r.id: r for r in queued}
         for placement in result.placements:
-            self._place(rows[placement.job], placement.bundles, now)
+            row = self.store.job(placement.job)
+            if row is not None and row.state == State.QUEUED:
+                self._place(row, placement.bundles, now)
         reasons = {w.job: list(w.reasons) for w in result.waiting}
         changed = {j: r for j, r in reasons.items() if self._waiting.get(j) != r}
         if changed:
@@ -237,6 +241,18 @@ class MeshController:
         return lost
 
     # --- jobs in flight ---------------------------------------------------------------------
+
+    def _demand_of(self, job_id: str, run: int) -> JobDemand:
+        """A queued job's demand: parsed once per run of the job, then kept."""
+        if (job_id, run) not in self._specs:
+            row = self.store.job(job_id)
+            assert row is not None, job_id
+            return self._demand(row)
+        return self._specs[(job_id, run)][1]
+
+    def _forget_specs(self, keep: set[tuple[str, int]]) -> None:
+        if len(self._specs) > 2 * len(keep) + 100:
+            self._specs = {k: v for k, v in self._specs.items() if k in keep}
 
     def _demand(self, row: JobRow) -> JobDemand:
         key = (row.id, row.run)
@@ -415,7 +431,8 @@ class MeshController:
 
     @staticmethod
     def _used(a: Active, now: float) -> float:
-        return (now - a.started_at) * a.gpus_held() if a.started_at else 0.0
+        """GPU-seconds a placement held: its GPUs are the job's from PLACED on."""
+        return (now - a.placed_at) * a.gpus_held()
 
     # --- restart ----------------------------------------------------------------------------
 
@@ -497,8 +514,12 @@ class MeshController:
             if method == "health":
                 return {"status": 200, "body": {"ok": True}}
             p = self._auth(token)
-            with self._lock:
-                status, body = getattr(self, f"api_{method}")(p, **kwargs)
+            handler = getattr(self, f"api_{method}")
+            if method in LOCKED:  # it changes what the loop works on
+                with self._lock:
+                    status, body = handler(p, **kwargs)
+            else:  # the store serialises its own writes; these wait for no round
+                status, body = handler(p, **kwargs)
             return {"status": status, "body": body}
         except ApiError as e:
             return {"status": e.status, "body": e.body()}
@@ -621,7 +642,7 @@ class MeshController:
         return 200, {"lines": lines, "next": nxt, "state": row.state.value}
 
     def api_nodes(self, p: Principal) -> tuple[int, Any]:
-        return 200, {"nodes": node_views(self.store, self.active.values(), time.time())}
+        return 200, {"nodes": node_views(self.store, list(self.active.values()), time.time())}
 
     def api_audit(
         self, p: Principal, job: str | None = None, since: int = 1, limit: int = 10_000

@@ -444,6 +444,14 @@ class Store:
             rows = self._db.execute(query, args).fetchall()
         return [_job(r) for r in rows]
 
+    def queued(self) -> list[tuple[str, int]]:
+        """(job, run) of every QUEUED job, oldest submission first; specs are not read."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, run FROM jobs WHERE state = 'QUEUED' ORDER BY submitted_at, id"
+            ).fetchall()
+        return [(r["id"], r["run"]) for r in rows]
+
     def transitions(self, job_id: str) -> list[dict[str, Any]]:
         with self._lock:
             rows = self._db.execute(
