@@ -28,7 +28,7 @@ import bisect
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from scheduler.cluster import Node
 from scheduler.gpus import find as find_gpu
@@ -54,6 +54,9 @@ PERFECT_FIT = 50
 # Taking a GPU that jobs restricted to few models need (see `_pressures`) costs this much per
 # unit of pressure per GPU, in the same units as fragmentation (GPUs).
 CONTENTION = 0.25
+# A node that may fail during the job costs this much per GPU taken, times the chance that it
+# fails before the job's expected end (so long jobs avoid flaky volunteers; short ones do not care).
+RELIABILITY = 1.0
 # Faster GPUs are preferred in steps of 10% of speed, after fragmentation and contention.
 SPEED_STEP = math.log(1.1)
 # the most common demand shapes kept in the workload profile
@@ -66,6 +69,7 @@ class NodeType:
     models: tuple[str, ...]
     gpu_memory_mib: tuple[int, ...]
     cc: tuple[tuple[int, int], ...]
+    mtbf_h: float | None = None  # the node's MTBF, rounded to a power of sqrt(2); None: reliable
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,19 @@ class NodeState:
 Profile = Sequence[tuple[Shape, float]]
 
 
+def mtbf_bucket(mtbf_h: float | None) -> float | None:
+    """An MTBF rounded to a power of sqrt(2), so that nodes of similar reliability stay in one
+    class of interchangeable nodes."""
+    if mtbf_h is None or mtbf_h <= 0 or math.isinf(mtbf_h):
+        return None
+    return float(2 ** (round(2 * math.log2(mtbf_h)) / 2))
+
+
+def failure_chance(runtime_s: float, mtbf_h: float) -> float:
+    """The chance that a node with this MTBF fails within `runtime_s` (exponential lifetimes)."""
+    return 1.0 - math.exp(-runtime_s / (mtbf_h * 3600.0))
+
+
 def profile_of(
     demands: Iterable[JobDemand], limit: int = PROFILE_SHAPES
 ) -> list[tuple[Shape, float]]:
@@ -146,14 +163,14 @@ class Placer:
         profile: Profile = (),
         speeds: Mapping[tuple[str, str], float] | None = None,
     ) -> None:
-        types: dict[tuple[tuple[str, ...], tuple[int, ...], tuple[tuple[int, int], ...]], NodeType]
-        types = {}
+        types: dict[tuple[Any, ...], NodeType] = {}
         self.nodes: list[NodeState] = []
         for i, node in enumerate(sorted(nodes, key=lambda n: n.name)):
             key = (
                 tuple(g.model for g in node.gpus),
                 tuple(mib(g.memory_gb) for g in node.gpus),
                 tuple(g.compute_capability for g in node.gpus),
+                mtbf_bucket(node.mtbf_h),
             )
             if key not in types:
                 types[key] = NodeType(*key)
@@ -506,9 +523,12 @@ class Placer:
             if demand.speed_sensitive and model is not None:
                 slower = round(math.log(best_speed / self._speed(demand, model)) / SPEED_STEP)
             cost = ev.delta / GPU_MILLI
+            taken = len(ev.picks) * shape.bundle.gpus
             if model is not None:
-                taken = len(ev.picks) * shape.bundle.gpus
                 cost += CONTENTION * self.pressure.get(model, 0.0) * taken
+            mtbf = self._sigs[sid].type.mtbf_h
+            if mtbf is not None and demand.runtime_s and taken:
+                cost += RELIABILITY * failure_chance(demand.runtime_s, mtbf) * taken
             key = (
                 -len(ev.picks) if most else 0,
                 0 if self._perfect(sid, ev) else 1,

@@ -477,3 +477,14 @@ def test_the_policy_imports_no_ray_clock_randomness_or_io(path: Path) -> None:
             imported.add(node.module.split(".")[0])
     assert not imported & FORBIDDEN
     assert "open(" not in path.read_text()
+
+
+def test_a_long_job_avoids_a_flaky_volunteer_and_a_short_one_does_not_care() -> None:
+    import dataclasses
+
+    flaky = dataclasses.replace(gpu_node("a-home-pc"), mtbf_h=4.0)
+    steady = dataclasses.replace(gpu_node("b-lab"), mtbf_h=1000.0)
+    long_job = job("train", runtime=12 * 3600)
+    short_job = job("probe", runtime=60)
+    assert where(run([flaky, steady], long_job), "c/train")[0][0] == "b-lab"
+    assert where(run([flaky, steady], short_job), "c/probe")[0][0] == "a-home-pc"  # by name
