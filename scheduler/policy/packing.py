@@ -186,10 +186,12 @@ class Placer:
         self._sigs: list[Sig] = []
         self._shape_ids: dict[Shape, int] = {}
         self.classes: dict[int, list[int]] = {}  # state id -> indices of nodes in that state
+        self.free_gpu_milli = 0  # free GPU capacity of the schedulable nodes, in thousandths
         for n in self.nodes:
             n.sid = self._sid(n)
             if n.schedulable:
                 self.classes.setdefault(n.sid, []).append(n.idx)
+                self.free_gpu_milli += sum(n.free)
         self._frag: dict[int, float] = {}
         self._evals: dict[tuple[int, int, int], _Eval | None] = {}
         self._shares: dict[tuple[NodeType, Shape], tuple[int | None, ...]] = {}
@@ -211,6 +213,7 @@ class Placer:
         other.speeds, other._catalogue_speed = self.speeds, self._catalogue_speed
         other._best_speeds = self._best_speeds
         other.classes = {sid: list(members) for sid, members in self.classes.items()}
+        other.free_gpu_milli = self.free_gpu_milli
         other._sig_ids, other._sigs, other._shape_ids = self._sig_ids, self._sigs, self._shape_ids
         other._frag, other._evals, other._shares = self._frag, self._evals, self._shares
         other._log = None
@@ -303,6 +306,7 @@ class Placer:
         n.sid = self._sid(n)
         if n.schedulable:
             bisect.insort(self.classes.setdefault(n.sid, []), n.idx)
+            self.free_gpu_milli -= share * len(idxs)
         if self._log is not None:
             self._log.append((n.idx, idxs, share, cpu, mem))
 
@@ -559,10 +563,21 @@ class Placer:
                         self.allocate(idx, (g,), n.free[g], 0, 0)
         return out
 
+    def least_gpu_milli(self, demand: JobDemand) -> int:
+        """A lower bound of the GPU capacity the job needs, in thousandths."""
+        need = 0
+        for b in demand.bundles:
+            if b.gpus:
+                whole = demand.exclusive or (b.gpu_milli is None and b.gpu_memory_mib is None)
+                need += b.gpus * (GPU_MILLI if whole else (b.gpu_milli or 1))
+        return need
+
     def place(self, demand: JobDemand) -> tuple[BundleAssignment, ...] | None:
         """Place every bundle of the job, or none; on success the capacity is taken."""
         if not demand.bundles:
             return ()
+        if self.least_gpu_milli(demand) > self.free_gpu_milli:
+            return None  # not enough free GPU capacity anywhere: no search needed
         first = demand.bundles[0]
         if any(b != first for b in demand.bundles[1:]):
             raise ValueError(f"{demand.job}: the bundles of one job must all be alike")

@@ -40,6 +40,11 @@ from scheduler.policy.reasons import describe_need, duration, explain
 
 MAX_RESERVATIONS = 8  # blocked jobs that hold a reserved start; later ones simply wait
 PREEMPTION_NODE_TRIES = 16  # nodes tried one by one when looking for the cheapest victims
+# Within a community and priority: "fifo" (first come, first served) or "smallest" (least
+# expected GPU-seconds first). Chosen by measurement with `meshctl sim` (benchmarks/README.md).
+WITHIN_COMMUNITY = "smallest"
+AGING_S = 86400.0  # "smallest": a job counts half its size after waiting this long, a third
+# after twice as long, and so on
 
 
 @dataclass
@@ -60,6 +65,20 @@ class _Active:
     demand: JobDemand
     bundles: tuple[BundleAssignment, ...]
     end: float
+
+
+def within_community(d: JobDemand, now: float) -> tuple[float, float, str]:
+    """The order of one community's jobs of one priority (WITHIN_COMMUNITY).
+
+    "smallest": least expected GPU-seconds first, a job's size divided by 1 + the time it has
+    waited in units of AGING_S, so that large jobs are not starved; jobs without an expected
+    runtime (services) come last. "fifo": first come, first served.
+    """
+    if WITHIN_COMMUNITY == "smallest":
+        work = d.gpus * d.runtime_s if d.runtime_s is not None else math.inf
+        waited = max(0.0, now - d.submitted_at)
+        return (work / (1.0 + waited / AGING_S), d.submitted_at, d.job)
+    return (d.submitted_at, 0.0, d.job)
 
 
 class _Round:
@@ -105,10 +124,8 @@ class _Round:
         out: list[JobDemand] = []
         for prio in sorted({d.priority for d in self.queue}, reverse=True):
             fifo: dict[str, deque[JobDemand]] = {}
-            for d in sorted(
-                (d for d in self.queue if d.priority == prio),
-                key=lambda d: (d.submitted_at, d.job),
-            ):
+            same = (d for d in self.queue if d.priority == prio)
+            for d in sorted(same, key=lambda d: within_community(d, self.now)):
                 fifo.setdefault(d.community, deque()).append(d)
             while fifo:
 

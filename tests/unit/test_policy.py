@@ -18,6 +18,7 @@ from scheduler.policy import (
     RunningJob,
     demand_from_spec,
     plan,
+    planner,
     queue_order,
 )
 from scheduler.spec import parse_job
@@ -319,7 +320,10 @@ def test_the_community_furthest_below_its_weighted_share_goes_first() -> None:
 # ------------------------------------------------------------------------------ backfill
 
 
-def test_a_short_job_backfills_but_a_long_one_must_not_delay_a_reserved_start() -> None:
+def test_a_short_job_backfills_but_a_long_one_must_not_delay_a_reserved_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(planner, "WITHIN_COMMUNITY", "fifo")  # backfill, not the order, is tested
     nodes = [gpu_node("a", "RTX-4090", 4)]
     held = running(job("old", 1, 2, runtime=3600), ("a", (0,), 1000), ("a", (1,), 1000))
     p = run(
@@ -488,3 +492,13 @@ def test_a_long_job_avoids_a_flaky_volunteer_and_a_short_one_does_not_care() -> 
     short_job = job("probe", runtime=60)
     assert where(run([flaky, steady], long_job), "c/train")[0][0] == "b-lab"
     assert where(run([flaky, steady], short_job), "c/probe")[0][0] == "a-home-pc"  # by name
+
+
+def test_within_a_community_the_smallest_job_goes_first_until_a_large_one_has_waited() -> None:
+    assert planner.WITHIN_COMMUNITY == "smallest"
+    big, small = job("big", 1, 4, runtime=7200, t=0), job("small", runtime=600, t=10)
+    assert planner.within_community(small, now=10) < planner.within_community(big, now=10)
+    # 4 x 7200 GPU-s that waited 60 days counts 28,800 / 61 = 472 GPU-s: less than a new 600
+    later = 60 * 86400.0
+    fresh = job("fresh", runtime=600, t=later)
+    assert planner.within_community(big, now=later) < planner.within_community(fresh, now=later)
