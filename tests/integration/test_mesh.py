@@ -75,7 +75,7 @@ def test_a_mixed_batch_runs_exactly_as_planned_and_never_overcommits(mesh: Mesh)
         "mix-share-2": mesh.probe_doc("mix-share-2", duration_s=4, gpu_memory_gb=8),
         "mix-spread": mesh.probe_doc("mix-spread", gpus=2, duration_s=4, placement="spread"),
         "mix-3060": mesh.probe_doc("mix-3060", duration_s=2, gpu_types=["RTX-3060"]),
-        "mix-waits": mesh.probe_doc("mix-waits", gpus=2, duration_s=1, **a100),
+        "mix-waits": mesh.probe_doc("mix-waits", gpus=2, duration_s=8, **a100),
     }
     for doc in batch.values():
         r = mesh.submit(doc)
