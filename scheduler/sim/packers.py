@@ -3,12 +3,17 @@
 Every packer here keeps a `NodeState` per fleet node and takes GPUs inside a node by `fits`, the
 raylet's rule (a shared fraction goes best-fit onto one GPU; whole GPUs are the lowest-indexed fully
 free ones), so the packers differ only in which node they choose. All are deterministic.
+
+The rules also stand alone (`pick_gpus` over a list of free milli; `best_fit_leftover` and
+`least_resource` over any `Request` and `Capacity`), so the simulator's baseline policies
+(`scheduler.sim.baselines`) place jobs by the very same rules.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from scheduler import gpus
 from scheduler.cluster import Gpu, Node
@@ -32,8 +37,10 @@ class NodeState:
     gpu_free_sum: int = 0
     max_gpu_free: int = 0
     whole_gpus_free: int = 0
+    gpu_total: int = 0
 
     def __post_init__(self) -> None:
+        self.gpu_total = len(self.gpu_free) * WHOLE_GPU_MILLI
         self._refresh()
 
     @classmethod
@@ -52,7 +59,7 @@ class NodeState:
 
     @property
     def gpu_allocated_milli(self) -> int:
-        return len(self.gpu_free) * WHOLE_GPU_MILLI - self.gpu_free_sum
+        return self.gpu_total - self.gpu_free_sum
 
     def _refresh(self) -> None:
         self.gpu_free_sum = sum(self.gpu_free)
@@ -94,24 +101,67 @@ class NodeState:
         self._refresh()
 
 
-def fits(pod: Pod, node: NodeState) -> list[int] | None:
-    """The GPU indices `pod` would take on `node` by the raylet's rule; None if it does not fit.
+class Request(Protocol):
+    """What the node-choice rules read of a request (a `Pod`, or several bundles of a job)."""
 
-    A shared fraction goes best-fit: the GPU with the least free milli that still holds it, lowest
-    index on ties. Whole GPUs are the lowest-indexed fully free ones. A CPU-only pod takes [].
+    @property
+    def cpu_milli(self) -> int: ...
+
+    @property
+    def memory_mib(self) -> int: ...
+
+    @property
+    def gpu_demand_milli(self) -> int: ...
+
+
+class Capacity(Protocol):
+    """What the node-choice rules read of a node's free capacity (a `NodeState`, or the like)."""
+
+    @property
+    def cpu_total(self) -> int: ...
+
+    @property
+    def cpu_free(self) -> int: ...
+
+    @property
+    def memory_total(self) -> int: ...
+
+    @property
+    def memory_free(self) -> int: ...
+
+    @property
+    def gpu_total(self) -> int: ...
+
+    @property
+    def gpu_free_sum(self) -> int: ...
+
+
+def pick_gpus(
+    gpu_free: Sequence[int], count: int, share: int, usable: Iterable[int] | None = None
+) -> list[int] | None:
+    """The raylet's rule: the `count` GPUs (of `usable`, in index order; default all) that a bundle
+    taking `share` milli of each gets, in index order; None if there are not enough.
+
+    A shared fraction (`share` < 1000) goes best-fit: the GPUs with the least free milli that still
+    hold it, lowest index on ties. Whole GPUs are the lowest-indexed fully free ones.
+    """
+    indices = range(len(gpu_free)) if usable is None else usable
+    if share < WHOLE_GPU_MILLI:
+        holding = sorted((gpu_free[i], i) for i in indices if gpu_free[i] >= share)
+        return sorted(i for _, i in holding[:count]) if len(holding) >= count else None
+    whole = [i for i in indices if gpu_free[i] == WHOLE_GPU_MILLI]
+    return whole[:count] if len(whole) >= count else None
+
+
+def fits(pod: Pod, node: NodeState) -> list[int] | None:
+    """The GPU indices `pod` would take on `node` by the raylet's rule (`pick_gpus`); None if it
+    does not fit. A CPU-only pod takes [].
     """
     if not node.admits(pod):
         return None
     if pod.num_gpu == 0:
         return []
-    if pod.is_gpu_share:
-        best: int | None = None
-        for i, free in enumerate(node.gpu_free):
-            if free >= pod.gpu_milli and (best is None or free < node.gpu_free[best]):
-                best = i
-        return None if best is None else [best]
-    whole = [i for i, free in enumerate(node.gpu_free) if free == WHOLE_GPU_MILLI]
-    return whole[: pod.num_gpu] if len(whole) >= pod.num_gpu else None
+    return pick_gpus(node.gpu_free, pod.num_gpu, pod.gpu_milli)
 
 
 @dataclass(frozen=True)
@@ -174,12 +224,21 @@ class FirstFitPacker(NodeStatePacker):
         return None
 
 
+def best_fit_leftover(request: Request, node: Capacity) -> float:
+    """Best-fit's key: the sum, over CPU, memory and GPU, of the fraction of the node's capacity
+    still free after `request` lands (the GPU term only on GPU nodes). Smaller is tighter."""
+    key = (node.cpu_free - request.cpu_milli) / node.cpu_total if node.cpu_total else 0.0
+    if node.memory_total:
+        key += (node.memory_free - request.memory_mib) / node.memory_total
+    if node.gpu_total:
+        key += (node.gpu_free_sum - request.gpu_demand_milli) / node.gpu_total
+    return key
+
+
 class BestFitPacker(NodeStatePacker):
     """The node left with the least free resources after placement (FGD's "Best-fit" baseline).
 
-    A node's leftover is the sum, over CPU, memory and GPU, of the fraction of that node's
-    capacity still free after the pod lands (the GPU term only on GPU nodes); the smallest wins,
-    ties to node-list order.
+    The smallest `best_fit_leftover` wins, ties to node-list order.
     """
 
     name = "best-fit"
@@ -190,12 +249,7 @@ class BestFitPacker(NodeStatePacker):
         for node in self.nodes:
             if not node.can_fit(pod):
                 continue
-            key = (node.cpu_free - pod.cpu_milli) / node.cpu_total if node.cpu_total else 0.0
-            if node.memory_total:
-                key += (node.memory_free - pod.memory_mib) / node.memory_total
-            if node.gpu_free:
-                gpu_total = len(node.gpu_free) * WHOLE_GPU_MILLI
-                key += (node.gpu_free_sum - pod.gpu_demand_milli) / gpu_total
+            key = best_fit_leftover(pod, node)
             if best is None or key < best_key:
                 best, best_key = node, key
         return _chosen(pod, best)
@@ -204,22 +258,29 @@ class BestFitPacker(NodeStatePacker):
 def least_resource_score(pod: Pod, node: NodeState) -> float | None:
     """Ray's LeastResourceScorer of `node` for a one-bundle group, as the GCS sees it; None: no fit.
 
-    The sum over the resources the pod requests (CPU, memory, GPU; those requested as 0 are skipped)
-    of `(available - request) / available`. The GCS sees only the node's summed free GPU.
+    The GCS sees only the node's summed free GPU (`least_resource`).
     """
     if not node.admits(pod):
         return None
+    return least_resource(pod, node)
+
+
+def least_resource(request: Request, node: Capacity) -> float | None:
+    """Ray's LeastResourceScorer: the sum over the resources requested (CPU, memory, GPU; those
+    requested as 0 are skipped) of `(available - request) / available`, the GPU as the node's
+    summed free milli; None where one does not fit. Higher leaves more free (worst-fit).
+    """
     score = 0.0
-    for request, available in (
-        (pod.cpu_milli, node.cpu_free),
-        (pod.memory_mib, node.memory_free),
-        (pod.gpu_demand_milli, node.gpu_free_sum),
+    for amount, available in (
+        (request.cpu_milli, node.cpu_free),
+        (request.memory_mib, node.memory_free),
+        (request.gpu_demand_milli, node.gpu_free_sum),
     ):
-        if request == 0:
+        if amount == 0:
             continue
-        if available == 0 or request > available:
+        if available == 0 or amount > available:
             return None
-        score += (available - request) / available
+        score += (available - amount) / available
     return score
 
 

@@ -1,0 +1,191 @@
+"""Our policy against the baselines in the trace-driven simulator, on the targets of issue 7.
+
+    python benchmarks/sim_policies.py [--quick] [--json] [--only gavel|churn|scale]
+
+Every policy runs on the same trace, cluster and seed in one run; the tables print ours beside
+each baseline. Scenarios:
+
+- gavel: Gavel's Philly-derived traces (seed=0 and seed=1 folders, the first --gavel-jobs jobs of
+  each) on examples/clusters/gavel-108.yaml (36 V100 + 36 P100 + 36 K80), with arrivals
+  multiplied by --time-scale. A job runs at the measured speed of the GPUs it got
+  (simulation_throughputs.json). The load condition of the target is checked and printed:
+  fifo-firstfit's average queueing delay must exceed the average runtime.
+- churn: a generated 500-GPU volunteer fleet (scheduler.sim.generate.volunteer_fleet, MTBFs
+  drawn by the churn model) under `exp:mtbf=12h,mttr=1h,spread=lognormal:1.0`, fed a seeded
+  stream of fine-tunes (scheduler.sim.generate.job_stream); lost GPU-hours of each policy.
+- scale: --scale-jobs jobs (100,000 by default) of the same stream on the Alibaba spot fleet
+  (10,412 GPUs) with `mesh`: wall time, events/s, planning calls, peak memory.
+
+The fill procedure (FGD, openb pod lists) is benchmarks/packing.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import resource
+import sys
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from scheduler.cluster import ClusterSnapshot, load_cluster
+from scheduler.sim.churn import ChurnSpec
+from scheduler.sim.engine import simulate
+from scheduler.sim.fill import trace_dir
+from scheduler.sim.generate import job_stream, volunteer_fleet
+from scheduler.sim.metrics import summary
+from scheduler.sim.model import Trace
+from scheduler.sim.policies import POLICY_NAMES, policy_by_name
+from scheduler.sim.traces import cluster_from_spot, read_trace
+
+CHURN = "exp:mtbf=12h,mttr=1h,spread=lognormal:1.0"
+out = Console()
+err = Console(stderr=True)
+
+
+def run_policies(
+    cluster: ClusterSnapshot,
+    trace: Trace,
+    policies: tuple[str, ...],
+    *,
+    churn: ChurnSpec | None = None,
+    seed: int = 0,
+    time_scale: float = 1.0,
+) -> list[dict[str, Any]]:
+    rows = []
+    for name in policies:
+        err.print(f"  {name} on {trace.source} ({len(trace.jobs):,} jobs)...")
+        result = simulate(cluster, trace, policy_by_name(name), churn=churn, seed=seed)
+        rows.append(summary(result, time_scale=time_scale))
+    return rows
+
+
+def table(title: str, rows: list[dict[str, Any]], columns: tuple[str, ...]) -> None:
+    t = Table(title=title)
+    t.add_column("policy")
+    for c in columns:
+        t.add_column(c, justify="right")
+    mesh = next((r for r in rows if r["policy"] == "mesh"), None)
+    for r in rows:
+        cells = []
+        for c in columns:
+            v = r.get(c)
+            text = f"{v:,.3f}" if isinstance(v, float) else str(v)
+            if mesh is not None and r is not mesh and isinstance(v, float) and v > 0:
+                text += f" ({mesh[c] / v:.2f}x)"
+            cells.append(text)
+        t.add_row(r["policy"], *cells)
+    out.print(t)
+    if mesh is not None:
+        out.print("(Nx): mesh's figure divided by that policy's", style="dim")
+
+
+def gavel(args: argparse.Namespace) -> list[dict[str, Any]]:
+    cluster = load_cluster("examples/clusters/gavel-108.yaml")
+    found = []
+    for seed in (0, 1):
+        trace = read_trace(
+            trace_dir().parent / "gavel" / f"seed={seed}", "gavel", time_scale=args.time_scale
+        )
+        trace = Trace(trace.jobs[: args.gavel_jobs], trace.source, trace.dropped, trace.dropped_why)
+        rows = run_policies(cluster, trace, POLICY_NAMES, seed=seed, time_scale=args.time_scale)
+        fifo = next(r for r in rows if r["policy"] == "fifo-firstfit")
+        runtime = sum(j.duration_s for j in trace.jobs) / len(trace.jobs)
+        loaded = fifo["avg_queue_s"] > runtime
+        table(
+            f"Gavel seed={seed}: first {len(trace.jobs):,} jobs, time scale {args.time_scale:g}, "
+            f"gavel-108 ({trace.dropped:,} of the trace dropped: {trace.dropped_why})",
+            rows,
+            ("avg_jct_s", "p50_jct_s", "p99_jct_s", "avg_queue_s", "makespan_s", "fairness_jain"),
+        )
+        out.print(
+            f"load condition: fifo-firstfit's average queueing delay {fifo['avg_queue_s']:,.0f} s "
+            f"{'>' if loaded else '<='} the average runtime on the fastest GPU {runtime:,.0f} s: "
+            f"{'met' if loaded else 'NOT met; lower --time-scale'}"
+        )
+        found += [{**r, "scenario": f"gavel-seed{seed}", "loaded": loaded} for r in rows]
+    return found
+
+
+def churn(args: argparse.Namespace) -> list[dict[str, Any]]:
+    fleet = volunteer_fleet(500, seed=0)
+    # every node's MTBF comes from the churn model (spread around 12 h), none from the fleet
+    fleet = ClusterSnapshot(tuple(dataclasses.replace(n, mtbf_h=None) for n in fleet.nodes))
+    trace = job_stream(args.churn_jobs, seed=1, mean_interarrival_s=60.0)
+    rows = run_policies(
+        fleet, trace, ("mesh", "fifo-firstfit", "best-fit"), churn=ChurnSpec.parse(CHURN), seed=0
+    )
+    table(
+        f"Churn {CHURN} on a {fleet.total_gpus}-GPU volunteer fleet, {len(trace.jobs):,} jobs",
+        rows,
+        ("lost_gpu_hours", "avg_jct_s", "gpu_utilization", "finished"),
+    )
+    return [{**r, "scenario": "churn"} for r in rows]
+
+
+def scale(args: argparse.Namespace) -> list[dict[str, Any]]:
+    fleet = cluster_from_spot(trace_dir().parent / "alibaba-spot-2026" / "node_info_df.csv")
+    trace = job_stream(args.scale_jobs, seed=2, mean_interarrival_s=args.scale_interarrival)
+    start = time.perf_counter()
+    result = simulate(fleet, trace, policy_by_name("mesh"))
+    wall = time.perf_counter() - start
+    s = summary(result)
+    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    t = Table(
+        title=f"Scale: {len(trace.jobs):,} jobs on the spot fleet ({fleet.total_gpus:,} GPUs)"
+    )
+    for c in (
+        "wall s",
+        "events",
+        "events/s",
+        "plan calls",
+        "s per plan call",
+        "peak GiB",
+        "finished",
+        "avg JCT s",
+    ):
+        t.add_column(c, justify="right")
+    t.add_row(
+        f"{wall:,.0f}",
+        f"{s['events']:,}",
+        f"{s['events'] / wall:,.0f}",
+        f"{s['plan_calls']:,}",
+        f"{wall / max(1, s['plan_calls']):.3f}",
+        f"{peak_gib:.2f}",
+        f"{s['finished']:,}",
+        f"{s['avg_jct_s']:,.0f}",
+    )
+    out.print(t)
+    return [{**s, "scenario": "scale", "wall_s": wall, "peak_gib": peak_gib}]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--only", choices=("gavel", "churn", "scale"))
+    ap.add_argument("--time-scale", type=float, default=0.5)
+    ap.add_argument("--gavel-jobs", type=int, default=2000)
+    ap.add_argument("--churn-jobs", type=int, default=3000)
+    ap.add_argument("--scale-jobs", type=int, default=100_000)
+    ap.add_argument("--scale-interarrival", type=float, default=1.7)
+    args = ap.parse_args()
+    if args.json:  # the tables go to stderr, the JSON alone to stdout
+        global out
+        out = err
+    if args.quick:
+        args.gavel_jobs, args.churn_jobs, args.scale_jobs = 300, 500, 5000
+    rows: list[dict[str, Any]] = []
+    for name, fn in (("gavel", gavel), ("churn", churn), ("scale", scale)):
+        if args.only in (None, name):
+            rows += fn(args)
+    if args.json:
+        json.dump(rows, sys.stdout, indent=1)
+
+
+if __name__ == "__main__":
+    main()
