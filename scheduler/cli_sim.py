@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
@@ -62,24 +63,32 @@ def _progress(enabled: bool) -> Iterator[Callable[[str], None]]:
         yield lambda text: bar.update(task, description=text)
 
 
+def _wide() -> Console:
+    """Standard output at least TABLE_WIDTH wide, so that a pipe gets the whole table."""
+    return Console(width=max(out.width, TABLE_WIDTH))
+
+
 def _num(value: Any, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
 def _run_table(rows: list[dict[str, Any]]) -> Table:
-    table = Table(title="meshctl sim: one row per policy (times in simulated seconds)")
+    table = Table(
+        title="meshctl sim: one row per policy",
+        caption="JCT, queue and makespan in simulated seconds; JCT over finished jobs",
+    )
     columns = (
         ("policy", lambda r: r["policy"]),
         ("finished", lambda r: f"{r['finished']}/{r['jobs']}"),
         ("avg JCT", lambda r: _num(r["avg_jct_s"], ",.0f")),
-        ("p50 JCT", lambda r: _num(r["p50_jct_s"], ",.0f")),
-        ("p99 JCT", lambda r: _num(r["p99_jct_s"], ",.0f")),
+        ("p50", lambda r: _num(r["p50_jct_s"], ",.0f")),
+        ("p99", lambda r: _num(r["p99_jct_s"], ",.0f")),
         ("avg queue", lambda r: _num(r["avg_queue_s"], ",.0f")),
         ("makespan", lambda r: _num(r["makespan_s"], ",.0f")),
-        ("GPU util", lambda r: _num(r["gpu_utilization"], ".1%")),
+        ("util", lambda r: _num(r["gpu_utilization"], ".1%")),
         ("lost GPU-h", lambda r: _num(r["lost_gpu_hours"], ",.1f")),
         ("Jain", lambda r: _num(r["fairness_jain"], ".3f")),
-        ("plan calls", lambda r: f"{r['plan_calls']:,}"),
+        ("calls", lambda r: f"{r['plan_calls']:,}"),
         ("events/s", lambda r: _num(r["events_per_s"], ",.0f")),
     )
     for name, _ in columns:
@@ -186,6 +195,9 @@ def sim_command(
     fill on an openb pod list (--format openb) for seeds N..N+9 (N = --seed), with each policy's
     packing rule, and reports the GPUs left unallocated at 100% and 130% of capacity requested.
 
+    A csv trace has the header arrival_s,duration_s,gpus,gpu_memory_gb,community (the last two
+    optional).
+
     Example: meshctl sim --trace jobs.csv --format csv --cluster examples/clusters/gavel-108.yaml
     --policy mesh --policy fifo-firstfit
     """
@@ -209,21 +221,23 @@ def sim_command(
         typer.echo(json.dumps(rows, indent=2))
         return
     if mode is SimMode.fill:
-        out.print(_fill_table(rows), width=max(out.width, TABLE_WIDTH))
+        _wide().print(_fill_table(rows))
         out.print(
             f"FGD fill of {rows[0]['gpus_total']:g} GPUs with pods drawn from {trace.name},"
             f" seeds {seed}-{seed + FILL_SEEDS - 1}; unalloc = GPUs left unallocated when the"
             " GPUs requested reach 100% / 130% of capacity",
             highlight=False,
+            soft_wrap=True,
         )
         return
-    out.print(_run_table(rows), width=max(out.width, TABLE_WIDTH))
+    _wide().print(_run_table(rows))
     first = rows[0]
     dropped = f"; {first['dropped']} jobs of the trace dropped" if first["dropped"] else ""
     out.print(
         f"Plan rule: {first['plan_rule']}. Churn: {first['churn'] or 'none'}; time scale"
         f" {time_scale:g}; checkpoint cost {CHECKPOINT_COST_S:g} s; seed {seed}{dropped}.",
         highlight=False,
+        soft_wrap=True,
     )
 
 

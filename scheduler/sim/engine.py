@@ -53,7 +53,7 @@ PLAN_RULE = (
     " per {interval:g} s of simulated time (a call due sooner is made at the last call +"
     " {interval:g} s)"
 )
-PROGRESS_EVERY = 20_000  # events between two calls of the progress callback
+PROGRESS_EVERY = 1_000  # events between two calls of the progress callback
 _EPS = 1e-9
 
 # Event kinds, in the order they are applied within one batch (a job that ends at the very moment

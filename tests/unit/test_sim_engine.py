@@ -554,3 +554,36 @@ def test_sim_plot_writes_a_png_of_the_jct_cdfs(files: tuple[Path, Path], tmp_pat
     assert result.exit_code == 0, result.output
     assert [r["policy"] for r in json.loads(result.stdout)] == ["mesh", "fifo-firstfit"]
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sim_fill_mode_reports_unallocated_gpus_at_100_and_130_percent(tmp_path: Path) -> None:
+    pods = tmp_path / "pods.csv"
+    pods.write_text(
+        "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec\n"
+        "p1,1000,1024,1,1000,\np2,1000,1024,1,500,\np3,2000,2048,2,1000,\n"
+    )
+    nodes = tmp_path / "fleet.yaml"
+    nodes.write_text(
+        "nodes:\n"
+        "  - {name: a, cpus: 16, memory_gb: 64, gpus: {model: T4, count: 2}}\n"
+        "  - {name: b, cpus: 16, memory_gb: 64, gpus: {model: T4, count: 4}}\n"
+    )
+    args = ("sim", "--trace", pods, "--format", "openb", "--cluster", nodes, "--mode", "fill")
+    result = meshctl(*args, "--policy", "mesh", "--policy", "las", "--seed", "5", "--json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [(r["policy"], r["packer"]) for r in rows] == [("mesh", "mesh"), ("las", "first-fit")]
+    for row in rows:
+        assert row["seeds"] == list(range(5, 15))
+        assert row["gpus_total"] == 6
+        assert row["gpus_unallocated"] == row["gpus_unallocated_at_130"]
+        assert row["gpus_allocated_at_100"] + row["gpus_unallocated_at_100"] == 6
+        assert {"unallocated_fraction", "pods_failed", "pods_failed_at_100"} <= set(row)
+
+
+def test_sim_fill_mode_needs_an_openb_pod_list(files: tuple[Path, Path]) -> None:
+    result = _sim(files, "--policy", "mesh", "--mode", "fill")
+    assert result.exit_code == 2
+    assert "error: --mode fill draws pods from an openb pod list: give --format openb" in (
+        " ".join(result.stderr.split())
+    )
