@@ -198,8 +198,8 @@ def sim_command(
     A csv trace has the header arrival_s,duration_s,gpus,gpu_memory_gb,community (the last two
     optional).
 
-    Example: meshctl sim --trace jobs.csv --format csv --cluster examples/clusters/gavel-108.yaml
-    --policy mesh --policy fifo-firstfit
+    Example: meshctl sim --trace examples/traces/volunteers-day.csv --format csv --cluster
+    examples/clusters/volunteers-small.yaml --policy mesh --policy fifo-firstfit
     """
     from scheduler.sim.policies import POLICY_NAMES  # lazily: it loads every policy's module
 

@@ -45,10 +45,7 @@ EXAMPLES = {
     "token": "Example: meshctl token create --community bio-ml",
     "up": "Example: meshctl up --nodes examples/clusters/volunteers-small.yaml",
     "down": "Example: meshctl down",
-    "sim": (
-        "Example: meshctl sim --trace jobs.csv --format csv --cluster "
-        "examples/clusters/gavel-108.yaml"
-    ),
+    "sim": "Example: meshctl sim --trace examples/traces/volunteers-day.csv --format csv",
 }
 
 
