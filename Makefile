@@ -34,6 +34,7 @@ bench: setup
 	$(BIN)/python benchmarks/plan_scale.py
 	$(BIN)/python benchmarks/submit_latency.py
 	$(BIN)/python benchmarks/queue_drain.py
+	$(BIN)/python benchmarks/sim_policies.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
