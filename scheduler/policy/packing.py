@@ -478,6 +478,10 @@ class Placer:
             return False
         return self._sigs[sid].free[gpus[0]] - share < PERFECT_FIT
 
+    def speed(self, demand: JobDemand, model: str) -> float:
+        """The job's speed on a model: measured when the snapshot has it, else the catalogue's."""
+        return self._speed(demand, model)
+
     def _speed(self, demand: JobDemand, model: str) -> float:
         s = self.speeds.get((demand.job, model))
         if s is None:

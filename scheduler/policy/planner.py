@@ -18,6 +18,7 @@ No I/O, no clock (`now` is an argument), no randomness: the same input gives the
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
 from collections.abc import Sequence
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 
 from scheduler.cluster import ClusterSnapshot
 from scheduler.policy.model import (
+    GPU_MILLI,
     PRIORITY_NAMES,
     BundleAssignment,
     JobDemand,
@@ -43,6 +45,9 @@ PREEMPTION_NODE_TRIES = 16  # nodes tried one by one when looking for the cheape
 # Within a community and priority: "fifo" (first come, first served) or "smallest" (least
 # expected GPU-seconds first). Chosen by measurement with `meshctl sim` (benchmarks/README.md).
 WITHIN_COMMUNITY = "smallest"
+# A job waits for a faster GPU model (one at least this much faster) when it would end sooner
+# there than on the slower GPUs free now: earliest finish time, from the running jobs' ends.
+FASTER_BY = 0.2
 AGING_S = 86400.0  # "smallest": a job counts half its size after waiting this long, a third
 # after twice as long, and so on
 
@@ -105,6 +110,7 @@ class _Round:
         self.blocked: dict[str, str] = {}  # job -> reason that is not about capacity
         self.notes: dict[str, list[str]] = {}
         self.order: list[JobDemand] = []
+        self._ends: dict[str, list[float]] | None = None
 
     # ------------------------------------------------------------------ 2. order
 
@@ -180,15 +186,71 @@ class _Round:
         self.placements.append(Placement(d.job, bundles))
         end = self._end(d)
         self.active[d.job] = _Active(d, bundles, end)
+        self._add_ends(bundles, end)
         for r in self.reservations:
             if end <= r.start:
                 _add_usage(r.released, self.placer, d, bundles)
 
+    def _model_ends(self) -> dict[str, list[float]]:
+        """Expected ends of the whole GPUs held, by GPU model (built once a round, kept up)."""
+        if self._ends is None:
+            self._ends = {}
+            for act in self.active.values():
+                self._add_ends(act.bundles, act.end)
+        return self._ends
+
+    def _add_ends(self, bundles: Sequence[BundleAssignment], end: float) -> None:
+        if self._ends is None:
+            return
+        for a in bundles:
+            n = self.placer.by_name.get(a.node)
+            if n is None or a.gpu_milli < GPU_MILLI:
+                continue
+            for g in a.gpus:
+                if 0 <= g < len(n.node.gpus):
+                    bisect.insort(self._ends.setdefault(n.node.gpus[g].model, []), end)
+
+    def _faster_soon(self, d: JobDemand, got: tuple[BundleAssignment, ...]) -> str | None:
+        """Why `d` should wait rather than start on `got`, when GPUs of a faster model free up
+        soon enough that it would end sooner there (earliest finish time); None to start now."""
+        if not (d.speed_sensitive and d.runtime_s and all(a.gpu_milli >= GPU_MILLI for a in got)):
+            return None
+        models = [self.placer.by_name[a.node].node.gpus[g].model for a in got for g in a.gpus]
+        if not models:
+            return None
+        slow = min(models, key=lambda m: self.placer.speed(d, m))
+        speed_now = self.placer.speed(d, slow)
+        end_now = self.now + d.runtime_s / speed_now
+        best: tuple[float, str, float] | None = None
+        for model, ends in self._model_ends().items():
+            speed = self.placer.speed(d, model)
+            if speed <= speed_now * (1 + FASTER_BY) or len(ends) < len(models):
+                continue
+            if d.gpu_models is not None and model not in d.gpu_models:
+                continue
+            free_at = max(self.now, ends[len(models) - 1])
+            end = free_at + d.runtime_s / speed
+            if end < end_now and (best is None or end < best[0]):
+                best = (end, model, free_at)
+        if best is None:
+            return None
+        end, model, free_at = best
+        return (
+            f"waits for {model} GPUs, expected free in {duration(free_at - self.now)}: it would "
+            f"end in {duration(end - self.now)} there, in {duration(end_now - self.now)} if it "
+            f"started now on {slow}"
+        )
+
     def consider(self, d: JobDemand) -> bool:
         got = self._place_respecting(d)
         if got is not None:
-            self._record(d, got)
-            return True
+            why = self._faster_soon(d, got)
+            if why is None:
+                self._record(d, got)
+                return True
+            self.placer.allocate_assignments(d, got, sign=-1)
+            self.blocked[d.job] = why
+            return False
         if self.reservations and self.placer.fits(d):
             r = min(self.reservations, key=lambda r: r.start)
             self.blocked[d.job] = (

@@ -502,3 +502,17 @@ def test_within_a_community_the_smallest_job_goes_first_until_a_large_one_has_wa
     later = 60 * 86400.0
     fresh = job("fresh", runtime=600, t=later)
     assert planner.within_community(big, now=later) < planner.within_community(fresh, now=later)
+
+
+def test_a_job_waits_for_a_faster_gpu_when_it_would_end_sooner_there() -> None:
+    nodes = [gpu_node("k80", "K80"), gpu_node("v100", "V100-16GB")]
+    speeds = {("c/train", "K80"): 0.2, ("c/train", "V100-16GB"): 1.0}
+    soon = running(job("other", runtime=100), ("v100", (0,), 1000), started_at=0.0)
+    p = run(nodes, job("train", runtime=1000, speed_sensitive=True), running=(soon,), speeds=speeds)
+    assert reasons(p, "c/train") == [
+        "waits for V100-16GB GPUs, expected free in 1m: it would end in 18m there, "
+        "in 1h 23m if it started now on K80"
+    ]
+    late = running(job("other", runtime=100_000), ("v100", (0,), 1000), started_at=0.0)
+    p = run(nodes, job("train", runtime=1000, speed_sensitive=True), running=(late,), speeds=speeds)
+    assert where(p, "c/train") == [("k80", (0,), 1.0)]
