@@ -45,8 +45,9 @@ PREEMPTION_NODE_TRIES = 16  # nodes tried one by one when looking for the cheape
 # Within a community and priority: "fifo" (first come, first served) or "smallest" (least
 # expected GPU-seconds first). Chosen by measurement with `meshctl sim` (benchmarks/README.md).
 WITHIN_COMMUNITY = "smallest"
-# A job waits for a faster GPU model (one at least this much faster) when it would end sooner
-# there than on the slower GPUs free now: earliest finish time, from the running jobs' ends.
+# A job waits for a faster GPU model (one at least this much faster, by its measured speeds)
+# when it would end sooner there than on the slower GPUs free now: earliest finish time, from
+# the running jobs' expected ends.
 FASTER_BY = 0.2
 AGING_S = 86400.0  # "smallest": a job counts half its size after waiting this long, a third
 # after twice as long, and so on
@@ -216,14 +217,17 @@ class _Round:
         if not (d.speed_sensitive and d.runtime_s and all(a.gpu_milli >= GPU_MILLI for a in got)):
             return None
         models = [self.placer.by_name[a.node].node.gpus[g].model for a in got for g in a.gpus]
-        if not models:
-            return None
+        measured = self.snapshot.speeds
+        if not models or any((d.job, m) not in measured for m in models):
+            return None  # only a measured speed-up is worth waiting for, not the catalogue's guess
         slow = min(models, key=lambda m: self.placer.speed(d, m))
         speed_now = self.placer.speed(d, slow)
         end_now = self.now + d.runtime_s / speed_now
         best: tuple[float, str, float] | None = None
         for model, ends in self._model_ends().items():
-            speed = self.placer.speed(d, model)
+            if (d.job, model) not in measured:
+                continue
+            speed = measured[(d.job, model)]
             if speed <= speed_now * (1 + FASTER_BY) or len(ends) < len(models):
                 continue
             if d.gpu_models is not None and model not in d.gpu_models:
