@@ -34,7 +34,6 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # never write ~/.ray/auth_to
 import argparse
 import json
 import math
-import socket
 import statistics
 import sys
 import tempfile
@@ -52,11 +51,10 @@ import ray
 from rich.console import Console
 from rich.table import Table
 
-from cluster.nodes import start_cluster
+from cluster.nodes import local_mesh
 from scheduler import actuator
 from scheduler.cluster import ClusterSnapshot, Node, load_cluster
 from scheduler.controller import Settings
-from scheduler.deploy import start_services
 
 CLUSTER_FILE = (
     Path(__file__).resolve().parents[1] / "examples" / "clusters" / "volunteers-small.yaml"
@@ -86,37 +84,24 @@ def probe_spec(name: str, duration_s: float) -> dict[str, Any]:
     }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def mesh_up(snapshot: ClusterSnapshot, err: Console) -> Iterator[str]:
     """A local Ray cluster of HEAD and the snapshot's nodes with the mesh on it; the API's URL."""
     # Ray prints the cluster's messages (one when Serve shuts down) on stdout: keep it for --json
-    with redirect_stdout(sys.stderr):
+    with (
+        redirect_stdout(sys.stderr),
+        tempfile.TemporaryDirectory(prefix="mesh-bench-") as home,
+    ):
         started = time.perf_counter()
-        cluster = start_cluster(
-            HEAD, snapshot.nodes, progress=lambda m: err.print(m, highlight=False)
-        )
-        try:
-            ray.init(address=cluster.address, log_to_driver=False)
-            with tempfile.TemporaryDirectory(prefix="mesh-bench-") as home:
-                api = start_services(home=Path(home), port=free_port(), admin_token=ADMIN_TOKEN)
-                err.print(
-                    f"mesh up at {api} in {time.perf_counter() - started:.1f} s", highlight=False
-                )
-                try:
-                    yield api
-                finally:
-                    from ray import serve
-
-                    serve.shutdown()
-                    ray.shutdown()
-        finally:
-            cluster.shutdown()
+        with local_mesh(
+            HEAD,
+            snapshot.nodes,
+            home=Path(home),
+            admin_token=ADMIN_TOKEN,
+            progress=lambda m: err.print(m, highlight=False),
+        ) as (_, api):
+            err.print(f"mesh up at {api} in {time.perf_counter() - started:.1f} s", highlight=False)
+            yield api
 
 
 # --- CPU and memory of this run's processes, from /proc -----------------------------------------

@@ -30,6 +30,7 @@ from cluster.local import (
     stop_spawned,
     wait_until_ready,
 )
+from scheduler import terminal
 from scheduler.cluster import ClusterSnapshot, load_cluster
 from scheduler.documents import SpecError
 
@@ -39,9 +40,7 @@ out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
 
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
-    return typer.Exit(code)
+_fail = terminal.fail
 
 
 def _home(home: Path | None) -> MeshHome:

@@ -10,7 +10,9 @@ import dataclasses
 import os
 import re
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from cluster.labels import labels_for
@@ -113,3 +115,44 @@ def start_cluster(
         cluster.shutdown()
         raise
     return cluster
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on now."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def local_mesh(
+    head: Node,
+    declared: Sequence[Node],
+    *,
+    home: Path,
+    admin_token: str,
+    settings: dict[str, Any] | None = None,
+    system_config: dict[str, Any] | None = None,
+    progress: Callable[[str], None] = lambda message: None,
+) -> Iterator[tuple[Any, str]]:
+    """A whole mesh on this machine for tests and benchmarks: `start_cluster`, this process
+    connected to it, the controller and the API on a free port. Yields (cluster, API URL);
+    stops everything on exit."""
+    import ray
+    from ray import serve
+
+    from scheduler.deploy import start_services
+
+    cluster = start_cluster(head, declared, system_config=system_config, progress=progress)
+    try:
+        ray.init(address=cluster.address, log_to_driver=False)
+        try:
+            api = start_services(
+                home=home, port=free_port(), admin_token=admin_token, settings=settings
+            )
+            yield cluster, api
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+    finally:
+        cluster.shutdown()

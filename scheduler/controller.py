@@ -13,6 +13,7 @@ restarted controller reloads it and reconciles with the placement groups it find
 
 from __future__ import annotations
 
+import secrets
 import sys
 import threading
 import time
@@ -27,7 +28,14 @@ from cluster.labels import LabelError, node_from_labels
 from scheduler import actuator
 from scheduler.cluster import ClusterSnapshot, Node
 from scheduler.documents import SpecError
-from scheduler.policy import BundleAssignment, JobDemand, QueuedJob, RunningJob, plan
+from scheduler.policy import (
+    BundleAssignment,
+    JobDemand,
+    QueuedJob,
+    RunningJob,
+    demand_from_spec,
+    plan,
+)
 from scheduler.spec import JobSpec, parse_job
 from scheduler.store import JobRow, Principal, State, Store, StoreError
 from scheduler.views import STORE_STATUS, ApiError, job_view, node_views
@@ -118,7 +126,6 @@ class MeshController:
         self._waiting: dict[str, list[str]] = {}  # the reasons last written, per job
         self._lock = threading.RLock()
         self._wake = threading.Event()
-        self._stopped = threading.Event()
         self.rounds = 0
         self.placed = 0
         with self._lock:
@@ -130,7 +137,7 @@ class MeshController:
     # --- the loop ---------------------------------------------------------------------------
 
     def _loop(self) -> None:
-        while not self._stopped.is_set():
+        while True:
             try:
                 with self._lock:
                     self._round(time.time())
@@ -258,8 +265,6 @@ class MeshController:
         key = (row.id, row.run)
         if key not in self._specs:
             spec = parse_job(row.spec, source=row.id)
-            from scheduler.policy import demand_from_spec
-
             self._specs[key] = (spec, demand_from_spec(spec, row.submitted_at))
         return self._specs[key][1]
 
@@ -663,8 +668,6 @@ class MeshController:
     def api_create_token(
         self, p: Principal, community: str | None = None, role: str = "member"
     ) -> tuple[int, Any]:
-        import secrets
-
         self._admin(p)
         if role not in ("member", "admin"):
             raise ApiError(400, "bad_request", f"unknown role {role!r}", "member or admin")
@@ -695,7 +698,3 @@ class MeshController:
             "active": len(self.active),
             "cpu_s": time.process_time(),
         }
-
-    def stop(self) -> None:
-        self._stopped.set()
-        self._wake.set()

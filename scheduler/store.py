@@ -348,11 +348,6 @@ class Store:
         """Recompute the whole chain; the first broken record, or None when it holds."""
         return verify_chain(self.audit(limit=2**62))
 
-    def record(self, kind: str, ts: float, **fields: Any) -> None:
-        """Append one audit record that changes no other state."""
-        with self._tx() as db:
-            self._append(db, kind, ts, **fields)
-
     # --- jobs -------------------------------------------------------------------------------
 
     def submit(

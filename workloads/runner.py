@@ -31,16 +31,11 @@ class WorkContext:
     spec: dict[str, Any]
     bundle: int
     node: str
-    stop: threading.Event = field(default_factory=threading.Event)
     lines: list[tuple[float, str]] = field(default_factory=list)
 
     def log(self, line: str) -> None:
         if len(self.lines) < MAX_LOG_LINES:
             self.lines.append((time.time(), line))
-
-    def sleep(self, seconds: float) -> bool:
-        """Sleep unless stopped; True when the full time passed."""
-        return not self.stop.wait(seconds)
 
 
 Workload = Callable[[WorkContext], dict[str, Any]]
@@ -88,9 +83,6 @@ class WorkloadActor:
     def logs(self, since: int) -> list[tuple[float, str]]:
         """Log lines from index `since` (0-based) on."""
         return self.ctx.lines[since:]
-
-    def stop(self) -> None:
-        self.ctx.stop.set()
 
     def ping(self) -> bool:
         return True

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,12 +18,10 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # never create ~/.ray/auth_t
 
 import httpx
 import pytest
-import ray
 from ray.cluster_utils import Cluster
 
-from cluster.nodes import declared_node_args, start_cluster
+from cluster.nodes import declared_node_args, local_mesh
 from scheduler.cluster import Node, load_cluster
-from scheduler.deploy import start_services
 
 CLUSTER_FILE = Path(__file__).with_name("cluster.yaml")
 FAST = {
@@ -34,12 +31,6 @@ FAST = {
     "health_check_failure_threshold": 3,
 }
 TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclasses.dataclass
@@ -112,23 +103,16 @@ class Mesh:
 @pytest.fixture(scope="session")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     home = tmp_path_factory.mktemp("mesh-home")
-    cluster = start_cluster(
-        Node("head", cpus=2, memory_gb=4),
-        load_cluster(CLUSTER_FILE).nodes,
-        system_config=FAST,
-    )
-    ray.init(address=cluster.address, log_to_driver=False)
     token = "test-admin-token"
-    api = start_services(
-        home=home,
-        port=free_port(),
-        admin_token=token,
-        settings={"loop_interval_s": 0.5, "placement_timeout_s": 20, "log_interval_s": 0.5},
-    )
-    with httpx.Client(timeout=30) as http:
+    with (
+        local_mesh(
+            Node("head", cpus=2, memory_gb=4),
+            load_cluster(CLUSTER_FILE).nodes,
+            home=home,
+            admin_token=token,
+            settings={"loop_interval_s": 0.5, "placement_timeout_s": 20, "log_interval_s": 0.5},
+            system_config=FAST,
+        ) as (cluster, api),
+        httpx.Client(timeout=30) as http,
+    ):
         yield Mesh(api=api, admin_token=token, home=home, cluster=cluster, http=http)
-    from ray import serve
-
-    serve.shutdown()
-    ray.shutdown()
-    cluster.shutdown()
