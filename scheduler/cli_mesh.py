@@ -105,6 +105,23 @@ def _when(ts: float | None, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
     return "-" if ts is None else datetime.fromtimestamp(ts).strftime(fmt)
 
 
+def _progress_line(p: dict[str, Any]) -> str:
+    parts = []
+    if "step" in p:
+        parts.append(f"step {p['step']}/{p.get('total_steps', '?')}")
+    if "loss" in p:
+        parts.append(f"loss {p['loss']:.4f}")
+    if "tokens_per_s" in p:
+        parts.append(f"{p['tokens_per_s']:.0f} tokens/s")
+    if "rows" in p:
+        parts.append(f"{p['rows']}/{p.get('total_rows', '?')} rows")
+    if p.get("prompts_per_s"):
+        parts.append(f"{p['prompts_per_s']:.2f} prompts/s")
+    if p.get("eta_s") is not None:
+        parts.append(f"ETA {p['eta_s']:.0f} s")
+    return ", ".join(parts) or json.dumps(p)
+
+
 def _transition_line(event: Transition) -> str:
     change = f"{event.from_state} -> {event.to_state}" if event.from_state else event.to_state
     return f"{event.job}: {change}" + (f" ({event.reason})" if event.reason else "")
@@ -164,23 +181,49 @@ def submit(
     """Submit the jobs of a YAML file to the mesh; with --wait or --follow, until they end.
 
     The file is checked first, as `meshctl validate` does; nothing is sent if any job in it is
-    invalid.
+    invalid or names a local file that does not exist. Local files and folders a job names
+    (datasets, a model folder, an input file) are uploaded to the mesh's artifact store first,
+    resumably; a file already there is not sent again.
 
     Example: meshctl submit examples/jobs/probe.yaml --follow
     """
+    from scheduler.uploads import local_refs, upload_refs
+
     try:
-        load_jobs(file)
+        specs = load_jobs(file)
         documents = load_documents(file)
+        refs = [local_refs(d, file.parent) for d in documents]
     except SpecError as e:
         raise _fail(str(e)) from None
+    except ClientError as e:
+        raise _fail(f"{file}: {e}") from None
     with _mesh(api, token) as client:
         submitted = []
-        for document in documents:
-            job = client.submit(document)
+        for spec, document, local in zip(specs, documents, refs, strict=True):
+            files = upload_refs(client, local, spec.community, _say, _Bytes.progress())
+            job = client.submit(document, files)
             _say(f"submitted {job['id']} ({job['state']})")
             submitted.append(job)
         if (wait or follow) and not _wait_for(client, submitted, follow):
             raise typer.Exit(1)
+
+
+class _Bytes:
+    """A transfer's progress, printed at most every 10% (rich's status is for waits)."""
+
+    @staticmethod
+    def progress() -> Any:
+        shown = {"step": -1}
+
+        def report(done: int, total: int) -> None:
+            if total < 8 * 2**20:
+                return
+            step = int(10 * done / total)
+            if step != shown["step"]:
+                shown["step"] = step
+                _say(f"  {done / 2**20:.0f} of {total / 2**20:.0f} MiB")
+
+        return report
 
 
 @app.command("jobs")
@@ -244,6 +287,15 @@ def _print_job(job: dict[str, Any]) -> None:
                 _number(bundle["gpu_fraction"]) if gpu_ids else "-",
             )
         out.print(t)
+    progress = job.get("progress")
+    if progress and job["state"] in ("RUNNING", "SUCCEEDED", "FAILED"):
+        _say("progress: " + _progress_line(progress))
+    outputs = (job.get("report") or {}).get("outputs") or {}
+    for name, o in outputs.items():
+        _say(f"output {name}: {o['type']} sha256:{o['sha256']}")
+    model = (job.get("report") or {}).get("model")
+    if model:
+        _say(f"registered model: {model['name']} version {model['version']}")
     if job.get("waiting"):
         _say("Why it waits:")
         for reason in job["waiting"]:

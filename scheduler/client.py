@@ -280,9 +280,50 @@ class MeshClient:
         result: dict[str, Any] = self._request("GET", "/whoami")
         return result
 
-    def submit(self, document: dict[str, Any]) -> dict[str, Any]:
-        """POST /jobs with one job document as JSON; the new job (state QUEUED)."""
-        result: dict[str, Any] = self._request("POST", "/jobs", body=document)
+    def submit(
+        self, document: dict[str, Any], files: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """POST /jobs with one job document as JSON; the new job (state QUEUED).
+
+        `files`: for each local path the job names, what was uploaded for it
+        ({"sha256": hex, "tree": bool}); sent as {"job": document, "files": files}.
+        """
+        body = {"job": document, "files": dict(files)} if files else document
+        result: dict[str, Any] = self._request("POST", "/jobs", body=body)
+        return result
+
+    # --- models and artifacts ---------------------------------------------------------------
+
+    @property
+    def http(self) -> httpx.Client:
+        """The HTTP client (base URL and token set), for `scheduler.transfer`."""
+        return self._http
+
+    def models(self, community: str | None = None) -> list[dict[str, Any]]:
+        """GET /models: the latest version of every registered model."""
+        result = self._request("GET", "/models", params={"community": community})
+        models: list[dict[str, Any]] = result["models"]
+        return models
+
+    def model(self, name: str) -> dict[str, Any]:
+        """GET /models/{community}/{name}: a model's latest version, with all its versions."""
+        community, _, short = name.partition("/")
+        if not community or not short or "/" in short:
+            raise ClientError(f"{name!r} is not a model name: write community/name")
+        result: dict[str, Any] = self._request("GET", f"/models/{community}/{short}")
+        return result
+
+    def register_model(
+        self,
+        name: str,
+        sha256: str,
+        kind: str = "base",
+        base: str | None = None,
+        source: str | None = None,
+    ) -> dict[str, Any]:
+        """POST /models: register an uploaded folder as a new version of `name`."""
+        body = {"name": name, "sha256": sha256, "kind": kind, "base": base, "source": source}
+        result: dict[str, Any] = self._request("POST", "/models", body=body)
         return result
 
     def jobs(self, community: str | None = None, state: str | None = None) -> list[dict[str, Any]]:

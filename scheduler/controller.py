@@ -28,6 +28,7 @@ from cluster.labels import LabelError, node_from_labels
 from scheduler import actuator
 from scheduler.cluster import ClusterSnapshot, Node
 from scheduler.documents import SpecError
+from scheduler.jobio import finetune_provenance, resolve_inputs
 from scheduler.policy import (
     BundleAssignment,
     JobDemand,
@@ -36,11 +37,13 @@ from scheduler.policy import (
     demand_from_spec,
     plan,
 )
+from scheduler.policy.checkpoint import placement_mtbf_s
+from scheduler.registry_api import RegistryApi
 from scheduler.spec import JobSpec, parse_job
 from scheduler.store import JobRow, Principal, State, Store, StoreError
 from scheduler.views import STORE_STATUS, ApiError, job_view, node_views
 
-RUNNABLE_KINDS = frozenset({"Probe"})
+RUNNABLE_KINDS = frozenset({"Probe", "FineTune", "BatchInference"})
 NODE_REFRESH_S = 30.0  # how often an alive node's last_seen is written
 WATCH_SLICE_S = 0.05  # the loop looks for a wake-up (a submission) at least this often
 LOCKED = frozenset({"cancel"})  # API methods that change what the loop works on
@@ -77,6 +80,7 @@ class Active:
     log_next: list[int] = field(default_factory=list)
     log_refs: dict[Any, int] = field(default_factory=dict)
     logs_polled_at: float = 0.0
+    progress: dict[str, Any] | None = None
 
     @property
     def requests(self) -> list[actuator.BundleRequest]:
@@ -111,7 +115,7 @@ def _bundles_from_json(placement: list[dict[str, Any]]) -> tuple[BundleAssignmen
     )
 
 
-class MeshController:
+class MeshController(RegistryApi):
     """Run as `ray.remote(MeshController)` by `scheduler.deploy`; methods answer the API."""
 
     def __init__(self, home: str, settings: dict[str, Any] | None = None) -> None:
@@ -304,7 +308,27 @@ class MeshController:
     def _start(self, a: Active) -> None:
         """The group is ready: start the workers; the job is RUNNING once they all answer."""
         a.ready_ref = None
-        a.workers = actuator.start_workers(a.pg, a.group, a.job, a.kind, a.spec, a.requests)
+        row = self.store.job(a.job)
+        observed = {n["name"]: n["mtbf_h"] for n in self.store.nodes(time.time())}
+        mtbf_s = placement_mtbf_s(
+            observed.get(b.node) or (self._nodes[b.node].mtbf_h if b.node in self._nodes else None)
+            for b in a.bundles
+        )
+        contexts = [
+            {
+                "run": a.run,
+                "world": len(a.bundles),
+                "group": a.group,
+                "cpus": r.cpus,
+                "gpu_fraction": r.gpus,
+                "mtbf_s": mtbf_s,
+                "inputs": row.inputs if row else {},
+            }
+            for r in a.requests
+        ]
+        a.workers = actuator.start_workers(
+            a.pg, a.group, a.job, a.kind, a.spec, a.requests, contexts
+        )
         self._watch(a)
         a.alive_refs = actuator.pings(a.workers)
 
@@ -357,14 +381,20 @@ class MeshController:
 
     def _collect_logs(self, a: Active, done: set[Any], now: float) -> None:
         lines: list[tuple[float, str]] = []
+        progress = None
         for ref in [r for r in a.log_refs if r in done]:
             bundle = a.log_refs.pop(ref)
-            got = actuator.fetch(ref)
-            if got:
-                a.log_next[bundle] += len(got)
-                lines += [(float(ts), str(line)) for ts, line in got]
+            got = actuator.fetch(ref) or {}
+            new = got.get("lines") or []
+            a.log_next[bundle] += len(new)
+            lines += [(float(ts), str(line)) for ts, line in new]
+            if got.get("progress") and (progress is None or bundle == 0):
+                progress = got["progress"]
         if lines:
             self.store.append_logs(a.job, sorted(lines), a.log_next)
+        if progress and progress != a.progress:
+            a.progress = progress
+            self.store.set_progress(a.job, progress)
         if (
             a.workers
             and not a.log_refs
@@ -380,9 +410,12 @@ class MeshController:
         refs = actuator.log_refs(a.workers, a.log_next) if a.workers else []
         lines = []
         for i, ref in enumerate(refs):
-            got = actuator.fetch(ref) or []
-            a.log_next[i] += len(got)
-            lines += [(float(ts), str(line)) for ts, line in got]
+            got = actuator.fetch(ref) or {}
+            new = got.get("lines") or []
+            a.log_next[i] += len(new)
+            lines += [(float(ts), str(line)) for ts, line in new]
+            if i == 0 and got.get("progress"):
+                self.store.set_progress(a.job, got["progress"])
         if lines:
             self.store.append_logs(a.job, sorted(lines), a.log_next)
 
@@ -390,16 +423,53 @@ class MeshController:
         if a.alive_refs:  # ended before its start was seen: it ran all the same
             self._running(a, now)
         self._drain_logs(a)
-        report = {"bundles": [a.reports[i] for i in sorted(a.reports)]}
+        reports = [a.reports[i] for i in sorted(a.reports)]
+        report: dict[str, Any] = {"bundles": reports}
         self._release(a)
-        self.store.transition(
-            a.job,
-            State.SUCCEEDED,
-            "every bundle finished",
-            now,
-            report=report,
-            gpu_seconds=self._used(a, now),
-        )
+        used = self._used(a, now)
+        row = self.store.job(a.job)
+        assert row is not None
+        outputs: dict[str, Any] = {}
+        for r in reports:
+            outputs.update(r.get("outputs") or {})
+        if outputs:
+            report["outputs"] = outputs
+            digests = [d for o in outputs.values() for d in [o["sha256"], *o.get("files", [])]]
+            self.store.grant(digests, row.community, now)
+        reason = "every bundle finished"
+        if a.kind == "FineTune" and "adapter" in outputs:
+            name = a.spec["finetune"].get("output", {}).get("name") or a.job
+            model = self.store.register_model(
+                name=name,
+                kind="adapter",
+                sha256=outputs["adapter"]["sha256"],
+                files=outputs["adapter"].get("files", []),
+                base=(row.inputs.get("base_model") or {}).get("name"),
+                provenance=finetune_provenance(
+                    row, reports, row.gpu_seconds + used, self._trained_on(a.job)
+                ),
+                now=now,
+                actor="controller",
+                job=a.job,
+                run=row.run,
+            )
+            report["model"] = {"name": model["name"], "version": model["version"]}
+            reason = f"adapter registered as {model['name']} version {model['version']}"
+        self.store.transition(a.job, State.SUCCEEDED, reason, now, report=report, gpu_seconds=used)
+
+    def _trained_on(self, job_id: str) -> list[dict[str, Any]]:
+        """The nodes (and their GPU models) that ran any attempt of a job's current run."""
+        names = self.store.allocation_nodes(job_id)
+        labels = {n["name"]: n["labels"] for n in self.store.nodes(time.time())}
+        return [
+            {
+                "node": n,
+                "gpu_model": labels.get(n, {}).get("mesh/gpu-model"),
+                "owner": labels.get(n, {}).get("mesh/owner"),
+                "simulated": labels.get(n, {}).get("mesh/simulated") == "true",
+            }
+            for n in names
+        ]
 
     def _ended_badly(self, a: Active, bundle: int, result: actuator.Outcome, now: float) -> None:
         node = a.bundles[bundle].node
@@ -535,7 +605,9 @@ class MeshController:
     def api_whoami(self, p: Principal) -> tuple[int, Any]:
         return 200, {"community": p.community, "role": p.role, "token_id": p.token_id}
 
-    def api_submit(self, p: Principal, document: Any) -> tuple[int, Any]:
+    def api_submit(
+        self, p: Principal, document: Any, files: dict[str, Any] | None = None
+    ) -> tuple[int, Any]:
         now = time.time()
         try:
             spec = parse_job(document, source="job")
@@ -561,6 +633,7 @@ class MeshController:
                 f"kinds that run here: {', '.join(sorted(RUNNABLE_KINDS))}",
             )
         self._check_fits(spec)
+        inputs = resolve_inputs(self.store, p, spec, files or {}, actuator.artifacts_missing)
         row = self.store.submit(
             job_id=spec.job_id,
             community=spec.community,
@@ -572,6 +645,7 @@ class MeshController:
             spec=spec.model_dump(mode="json", by_alias=True, exclude_unset=True),
             now=now,
             actor=p.name,
+            inputs=inputs,
         )
         self._wake.set()
         return 201, job_view(row, self.store)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from ray import serve
 
 from scheduler import actuator
 from scheduler.controller import MeshController
+from workloads.artifacts import start_artifact_store, store_actor
 
 API_APP = "mesh-api"
 API_PREFIX = "/api/v1"
@@ -44,15 +46,23 @@ def start_services(
     port: int = 8000,
     admin_token: str,
     settings: dict[str, Any] | None = None,
+    artifacts: str | None = None,
 ) -> str:
-    """Start (or find) the controller and the API on the connected Ray cluster; the API's URL.
+    """Start (or find) the controller, the artifact store and the API on the connected Ray
+    cluster; the API's URL.
 
-    Blocks until the API answers GET /health.
+    The artifact store keeps its blobs at `artifacts`, else $MESH_ARTIFACTS, else home/artifacts
+    (a path on the head, or an fsspec URL such as s3://bucket/mesh). Blocks until the API
+    answers GET /health.
     """
     home = Path(home)
     home.mkdir(parents=True, exist_ok=True)
     controller = start_controller(home, settings)
     ray.get(controller.ensure_admin.remote(admin_token))
+
+    # the artifact store (workloads/artifacts.py): before the API, which streams through it
+    start_artifact_store(artifacts or os.environ.get("MESH_ARTIFACTS") or str(home / "artifacts"))
+
     serve.start(proxy_location="HeadOnly", http_options={"host": host, "port": port})
     from scheduler.api import api_app
 
@@ -71,12 +81,17 @@ def start_services(
 
 
 def stop_services() -> None:
-    """Delete the API app, shut Serve down and kill the controller (running jobs stay)."""
+    """Delete the API app, shut Serve down, kill the controller and the artifact store (running
+    jobs stay, their artifact calls waiting for the next store; stored artifacts are kept)."""
     try:
         serve.delete(API_APP)
     finally:
         serve.shutdown()
         try:
             ray.kill(actuator.controller(), no_restart=True)
+        except ValueError:
+            pass
+        try:
+            ray.kill(store_actor(), no_restart=True)
         except ValueError:
             pass

@@ -32,6 +32,7 @@ from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
 from scheduler.documents import SpecError, load_documents, validate_document
 from scheduler.spec_sections import (
+    ARTIFACT_PREFIX,
     MAX_PATH_CHARS,
     Access,
     BatchSection,
@@ -56,6 +57,7 @@ from scheduler.spec_sections import (
     ServiceSection,
     StrictModel,
     Training,
+    artifact_digest,
     check_registry_name,
     is_local_path,
     parse_duration,
@@ -102,6 +104,8 @@ __all__ = [
     "ServiceResources",
     "ServiceSection",
     "Training",
+    "ARTIFACT_PREFIX",
+    "artifact_digest",
     "is_local_path",
     "job_json_schema",
     "load_jobs",

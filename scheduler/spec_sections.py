@@ -123,6 +123,21 @@ def is_local_path(ref: str) -> bool:
     return ref.startswith(("/", "./", "../", "~/"))
 
 
+ARTIFACT_PREFIX = "sha256:"
+_DIGEST_RE = re.compile(r"[0-9a-f]{64}")
+
+
+def artifact_digest(ref: str) -> str | None:
+    """The SHA-256 of an uploaded artifact reference ("sha256:<64 hex>"), else None.
+
+    `meshctl submit` uploads the local files and folders a job names and rewrites their paths
+    into such references; the mesh itself never reads a path on the submitter's machine.
+    """
+    if ref.startswith(ARTIFACT_PREFIX) and _DIGEST_RE.fullmatch(ref[len(ARTIFACT_PREFIX) :]):
+        return ref[len(ARTIFACT_PREFIX) :]
+    return None
+
+
 def check_registry_name(value: str) -> str:
     """`value` if it is a registry name (community/name); else a ValueError saying why."""
     community, _, name = value.partition("/")
@@ -141,14 +156,14 @@ def _check_path(value: str) -> str:
 
 
 def _check_model_ref(value: str) -> str:
-    if is_local_path(value):
+    if is_local_path(value) or artifact_digest(value):
         return _check_path(value)
     try:
         return check_registry_name(value)
     except ValueError:
         raise ValueError(
             f"{value!r} is neither a registry name (community/name, lowercase) nor a folder "
-            "path (starting with '/', './', '../' or '~/')"
+            "path (starting with '/', './', '../' or '~/') nor an uploaded folder (sha256:HEX)"
         ) from None
 
 

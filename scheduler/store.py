@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from scheduler.audit import GENESIS, Broken, canonical_json, record_hash, verify_chain
+from scheduler.registry import REGISTRY_SCHEMA, RegistryTables
 
 
 class State(StrEnum):
@@ -105,7 +106,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     retries_used INTEGER NOT NULL DEFAULT 0, max_retries INTEGER NOT NULL,
     submitted_at REAL NOT NULL, updated_at REAL NOT NULL, started_at REAL,
     reason TEXT, waiting TEXT, placement TEXT, report TEXT,
-    gpu_seconds REAL NOT NULL DEFAULT 0
+    gpu_seconds REAL NOT NULL DEFAULT 0, inputs TEXT, progress TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE TABLE IF NOT EXISTS transitions (
@@ -148,6 +149,8 @@ CREATE TABLE IF NOT EXISTS audit (
 """
 
 MAX_LOG_LINE = 4000
+# Columns added after a database was first created: (table, column, type).
+ADDED_COLUMNS = (("jobs", "inputs", "TEXT"), ("jobs", "progress", "TEXT"))
 
 
 def token_hash(token: str) -> str:
@@ -196,6 +199,8 @@ class JobRow:
     placement: list[dict[str, Any]] | None
     report: dict[str, Any] | None
     gpu_seconds: float
+    inputs: dict[str, Any]  # the uploaded files and registry models the job reads, resolved
+    progress: dict[str, Any] | None  # the workload's latest progress (step, loss, ETA...)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -214,6 +219,7 @@ class JobRow:
             "reason": self.reason,
             "waiting": self.waiting if self.state == State.QUEUED else [],
             "nodes": sorted({b["node"] for b in self.placement or []}),
+            "progress": self.progress,
         }
 
 
@@ -247,13 +253,15 @@ def _job(row: sqlite3.Row) -> JobRow:
         placement=_loads(row["placement"]),
         report=_loads(row["report"]),
         gpu_seconds=row["gpu_seconds"],
+        inputs=_loads(row["inputs"]) or {},
+        progress=_loads(row["progress"]),
     )
 
 
 _UNSET: Any = object()
 
 
-class Store:
+class Store(RegistryTables):
     """SQLite state of one mesh. Thread-safe; every public method is one transaction."""
 
     def __init__(self, path: str | Path) -> None:
@@ -265,7 +273,11 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(SCHEMA)
+        self._db.executescript(SCHEMA + REGISTRY_SCHEMA)
+        for table, column, kind in ADDED_COLUMNS:
+            have = {r["name"] for r in self._db.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
         self.path.chmod(0o600)
 
     def close(self) -> None:
@@ -363,8 +375,12 @@ class Store:
         spec: Mapping[str, Any],
         now: float,
         actor: str,
+        inputs: Mapping[str, Any] | None = None,
     ) -> JobRow:
-        """Queue a job; a finished job of the same id starts a new run. Raises StoreError."""
+        """Queue a job; a finished job of the same id starts a new run. Raises StoreError.
+
+        `inputs`: what the job reads (artifact digests, registry versions), fixed at submission.
+        """
         with self._tx() as db:
             old = db.execute("SELECT state, run FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if old is not None and not State(old["state"]).terminal:
@@ -380,8 +396,8 @@ class Store:
             db.execute("DELETE FROM log_cursors WHERE job = ?", (job_id,))
             db.execute(
                 "INSERT INTO jobs (id, community, name, kind, state, priority, gpus, spec, run,"
-                " max_retries, submitted_at, updated_at, reason)"
-                " VALUES (?, ?, ?, ?, 'QUEUED', ?, ?, ?, ?, ?, ?, ?, 'submitted')",
+                " max_retries, submitted_at, updated_at, reason, inputs)"
+                " VALUES (?, ?, ?, ?, 'QUEUED', ?, ?, ?, ?, ?, ?, ?, 'submitted', ?)",
                 (
                     job_id,
                     community,
@@ -394,6 +410,7 @@ class Store:
                     max_retries,
                     now,
                     now,
+                    canonical_json(dict(inputs or {})),
                 ),
             )
             db.execute(
@@ -412,7 +429,12 @@ class Store:
                 now,
                 job=job_id,
                 actor=actor,
-                data={"run": run, "kind": kind, "spec_sha256": spec_hash},
+                data={
+                    "run": run,
+                    "kind": kind,
+                    "spec_sha256": spec_hash,
+                    **({"inputs": dict(inputs)} if inputs else {}),
+                },
             )
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return _job(row)
@@ -542,6 +564,13 @@ class Store:
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return _job(row)
 
+    def set_progress(self, job_id: str, progress: Mapping[str, Any]) -> None:
+        """A running job's latest progress (not audited: it changes every few seconds)."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE jobs SET progress = ? WHERE id = ?", (canonical_json(progress), job_id)
+            )
+
     def set_waiting(self, reasons: Mapping[str, list[str]]) -> None:
         """Why each queued job waits (from the last plan); not audited, it changes every round."""
         with self._tx() as db:
@@ -557,6 +586,16 @@ class Store:
                 " WHERE released_at IS NULL ORDER BY job, bundle"
             ).fetchall()
         return [{**dict(r), "gpus": json.loads(r["gpus"])} for r in rows]
+
+    def allocation_nodes(self, job_id: str) -> list[str]:
+        """The nodes that held any bundle of the current run of a job, in first-use order."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT node FROM allocations WHERE job = ?"
+                " AND run = (SELECT run FROM jobs WHERE id = ?) ORDER BY id",
+                (job_id, job_id),
+            ).fetchall()
+        return list(dict.fromkeys(r["node"] for r in rows))
 
     # --- logs -------------------------------------------------------------------------------
 
@@ -672,6 +711,11 @@ class Store:
         """Every node seen, with its availability (fraction of time up since first seen)."""
         with self._lock:
             rows = self._db.execute("SELECT * FROM nodes ORDER BY name").fetchall()
+            downs = dict(
+                self._db.execute(
+                    "SELECT node, COUNT(*) FROM node_events WHERE event = 'down' GROUP BY node"
+                ).fetchall()
+            )
         result = []
         for r in rows:
             current = now - r["up_since"] if r["alive"] and r["up_since"] is not None else 0
@@ -689,6 +733,8 @@ class Store:
                     "first_seen": r["first_seen"],
                     "last_seen": r["last_seen"],
                     "availability": min(1.0, up / span) if span > 0 else None,
+                    # time up per failure seen; None until the node has failed once
+                    "mtbf_h": up / downs[r["name"]] / 3600 if downs.get(r["name"]) else None,
                 }
             )
         return result

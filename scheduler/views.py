@@ -35,6 +35,7 @@ def job_view(row: JobRow, store: Store) -> dict[str, Any]:
         "spec": row.spec,
         "placement": row.placement,
         "report": row.report,
+        "inputs": row.inputs,
         "gpu_seconds": round(row.gpu_seconds, 3),
         "transitions": store.transitions(row.id),
     }

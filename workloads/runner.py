@@ -16,6 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 MAX_LOG_LINES = 10_000
+NAMESPACE = "mesh"
+
+
+def worker_name(group: str, bundle: int) -> str:
+    """The Ray actor name of a job's worker: its placement group's name and its bundle."""
+    return f"{group}:{bundle}"
 
 
 class WorkloadError(RuntimeError):
@@ -31,27 +37,75 @@ class WorkContext:
     spec: dict[str, Any]
     bundle: int
     node: str
+    run: int = 1
+    world: int = 1  # bundles in the job
+    group: str = ""  # the placement group's name; bundle i's actor is worker_name(group, i)
+    cpus: float = 1.0
+    gpu_fraction: float = 0.0
+    mtbf_s: float | None = None  # expected time to failure of the placement (Young/Daly)
+    inputs: dict[str, Any] = field(default_factory=dict)  # resolved by the controller
     lines: list[tuple[float, str]] = field(default_factory=list)
+    progress: dict[str, Any] = field(default_factory=dict)
+    shared: dict[str, Any] = field(default_factory=dict)  # published to the other bundles
 
     def log(self, line: str) -> None:
         if len(self.lines) < MAX_LOG_LINES:
             self.lines.append((time.time(), line))
+
+    def report_progress(self, **fields: Any) -> None:
+        """The workload's latest progress (step, loss, tokens/s, ETA...): `meshctl status`."""
+        self.progress = {**fields, "bundle": self.bundle, "ts": time.time()}
+
+    def publish(self, key: str, value: Any) -> None:
+        """Make `value` readable by the job's other bundles (`peer_value`)."""
+        self.shared[key] = value
+
+    def peer_value(self, bundle: int, key: str, timeout_s: float) -> Any:
+        """What bundle `bundle` of this job published under `key`; waits up to `timeout_s`."""
+        import ray
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                peer = ray.get_actor(worker_name(self.group, bundle), namespace=NAMESPACE)
+                value: Any = ray.get(peer.published.remote(key), timeout=max(1.0, timeout_s))
+                if value is not None:
+                    return value
+            except ValueError:  # not started yet
+                pass
+            if time.monotonic() > deadline:
+                raise WorkloadError(
+                    f"bundle {bundle} did not publish {key!r} within {timeout_s:g} s"
+                )
+            time.sleep(0.2)
 
 
 Workload = Callable[[WorkContext], dict[str, Any]]
 
 
 def _workloads() -> dict[str, Workload]:
+    from workloads.batch import run_batch
+    from workloads.finetune import run_finetune
     from workloads.probe import run_probe
 
-    return {"Probe": run_probe}
+    return {"Probe": run_probe, "FineTune": run_finetune, "BatchInference": run_batch}
 
 
 class WorkloadActor:
     """Runs one bundle of a job. Created with `ray.remote(WorkloadActor)` by the actuator."""
 
-    def __init__(self, job: str, kind: str, spec: dict[str, Any], bundle: int, node: str) -> None:
-        self.ctx = WorkContext(job=job, kind=kind, spec=spec, bundle=bundle, node=node)
+    def __init__(
+        self,
+        job: str,
+        kind: str,
+        spec: dict[str, Any],
+        bundle: int,
+        node: str,
+        context: dict[str, Any] | None = None,
+    ) -> None:
+        self.ctx = WorkContext(
+            job=job, kind=kind, spec=spec, bundle=bundle, node=node, **(context or {})
+        )
         self._done = threading.Event()
         self._report: dict[str, Any] | None = None
         self._error: str | None = None
@@ -80,9 +134,13 @@ class WorkloadActor:
             raise WorkloadError(self._error)
         return self._report or {}
 
-    def logs(self, since: int) -> list[tuple[float, str]]:
-        """Log lines from index `since` (0-based) on."""
-        return self.ctx.lines[since:]
+    def logs(self, since: int) -> dict[str, Any]:
+        """{"lines": log lines from index `since` (0-based) on, "progress": the latest}."""
+        return {"lines": self.ctx.lines[since:], "progress": self.ctx.progress}
+
+    def published(self, key: str) -> Any:
+        """What this bundle published under `key` (None until it has)."""
+        return self.ctx.shared.get(key)
 
     def ping(self) -> bool:
         return True

@@ -46,6 +46,8 @@ EXAMPLES = {
     "up": "Example: meshctl up --nodes examples/clusters/volunteers-small.yaml",
     "down": "Example: meshctl down",
     "sim": "Example: meshctl sim --trace examples/traces/volunteers-day.csv --format csv",
+    "models": "Example: meshctl models list",
+    "results": "Example: meshctl results quechua-lm/answers -o ./answers",
 }
 
 

@@ -20,6 +20,7 @@ from scheduler.spec import (
     Priority,
     ProbeJob,
     ServiceJob,
+    artifact_digest,
     job_json_schema,
     load_jobs,
     parse_duration,
@@ -287,7 +288,15 @@ def test_a_model_that_is_neither_a_registry_name_nor_a_folder_is_refused() -> No
     assert error_of(doc) == (
         "job.yaml: finetune.base_model: 'Meta/Llama-3' is neither a registry name "
         "(community/name, lowercase) nor a folder path (starting with '/', './', '../' or '~/')"
+        " nor an uploaded folder (sha256:HEX)"
     )
+
+
+def test_an_uploaded_artifact_is_named_by_its_hash() -> None:
+    digest = "ab" * 32
+    job = parse_job(finetune_doc(base_model=f"sha256:{digest}"), source="job.yaml")
+    assert artifact_digest(job.finetune.base_model) == digest  # type: ignore[union-attr]
+    assert artifact_digest("sha256:ABC") is None
 
 
 def test_a_base_model_may_be_a_folder() -> None:
