@@ -45,6 +45,7 @@ def models() -> None:
     Example: meshctl models list
     """
 
+
 NameOption = Annotated[
     str | None,
     typer.Option(

@@ -126,16 +126,19 @@ def test_a_two_worker_finetune_learns_and_registers_its_adapter(
     last = sum(v for _, v in curve[-5:]) / 5
     assert last < 0.85 * first, (first, last)
     bundles = job["report"]["bundles"]
-    assert len(bundles) == 2 and {b["steps"] for b in bundles} == {40}
+    assert len(bundles) == 2
+    assert {b["steps"] for b in bundles} == {40}
 
     model = mesh.http.get(f"{mesh.api}/models/bio-ml/wl-ft", headers=mesh.headers()).json()
-    assert model["kind"] == "adapter" and model["base"] == BASE
+    assert model["kind"] == "adapter"
+    assert model["base"] == BASE
     p = model["provenance"]
     dataset_sha = job["inputs"]["datasets"][0]["sha256"]
     assert p["datasets"][0]["sha256"] == dataset_sha
     assert p["base_model"]["sha256"] == job["inputs"]["base_model"]["sha256"]
     assert p["final_loss"] == pytest.approx(curve[-1][1], abs=1e-5)
-    assert p["gpu_seconds"] > 0 and p["lora"]["r"] == 8
+    assert p["gpu_seconds"] > 0
+    assert p["lora"]["r"] == 8
     assert {n["node"] for n in p["nodes"]} == {"lab-a100"}
     assert p["nodes"][0]["gpu_model"] == "A100-80GB"
     records = mesh.audit("bio-ml/wl-ft")
@@ -180,7 +183,8 @@ def test_a_finetune_whose_node_is_killed_resumes_from_its_checkpoint(
     job = mesh.wait_for("bio-ml/wl-resume", {"RUNNING"})
     deadline = time.monotonic() + 120
     while (job.get("progress") or {}).get("step", 0) < 3 * every:
-        assert time.monotonic() < deadline and job["state"] == "RUNNING", job
+        assert time.monotonic() < deadline, job
+        assert job["state"] == "RUNNING", job
         time.sleep(0.2)
         job = mesh.job("bio-ml/wl-resume")
     seen = job["progress"]["step"]
@@ -189,10 +193,12 @@ def test_a_finetune_whose_node_is_killed_resumes_from_its_checkpoint(
 
     job = mesh.wait_for("bio-ml/wl-resume", {"SUCCEEDED"}, timeout=240)
     states = [t["to"] for t in job["transitions"]]
-    assert "INTERRUPTED" in states and job["retries_used"] == 0
+    assert "INTERRUPTED" in states
+    assert job["retries_used"] == 0
     assert victim not in {b["node"] for b in job["placement"]}
     resumed = job["report"]["bundles"][0]["resumed_from_step"]
-    assert resumed is not None and resumed > 0
+    assert resumed is not None
+    assert resumed > 0
     assert resumed >= seen - every, (resumed, seen)  # at most one interval of work lost
     curve = losses(job)
     assert [s for s, _ in curve] == list(range(1, 241))  # the loss curve continues
@@ -227,7 +233,8 @@ def test_a_missing_model_or_adapter_is_refused_at_submission(
         json={"job": doc, "files": {"data/rows.jsonl": {"sha256": "0" * 64, "tree": False}}},
         headers=mesh.headers(),
     )
-    assert r.status_code == 422 and r.json()["error"]["code"] == "model_not_found"
+    assert r.status_code == 422
+    assert r.json()["error"]["code"] == "model_not_found"
     assert "bio-ml/tiny-llama" in r.json()["error"]["hint"]  # the close match
 
     batch = batch_doc("wl-no-adapter", "vllm", gpus=1)
@@ -236,7 +243,8 @@ def test_a_missing_model_or_adapter_is_refused_at_submission(
     assert r.status_code in (400, 422), r.text
     doc["finetune"]["base_model"] = BASE
     r = mesh.submit(doc)  # a local path that was never uploaded
-    assert r.status_code == 400 and r.json()["error"]["code"] == "not_uploaded"
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] == "not_uploaded"
     assert (
         mesh.http.get(f"{mesh.api}/jobs/bio-ml/wl-no-model", headers=mesh.headers()).status_code
         == 404
