@@ -167,8 +167,9 @@ def import_model(
 ) -> None:
     """Register a model: a Hugging Face folder, a GGUF file (converted), or a LoRA adapter.
 
-    Examples: meshctl models import ./my-model --name bio-ml/base;
-    meshctl models import --gguf SmolLM2-135M-Instruct.Q4_1.gguf --name bio-ml/smollm2-135m
+    A folder: meshctl models import ./my-model --name bio-ml/base.
+
+    Example: meshctl models import --gguf SmolLM2-135M-Instruct.Q4_1.gguf --name bio-ml/smollm2
     """
     from workloads.models import ModelError, check_adapter_folder, check_model_folder, import_gguf
 

@@ -34,6 +34,11 @@ COMMANDS = [
     ["token", "create"],
     ["token", "list"],
     ["token", "revoke"],
+    ["results"],
+    ["models", "list"],
+    ["models", "show"],
+    ["models", "import"],
+    ["models", "pull"],
 ]
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 

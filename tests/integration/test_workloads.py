@@ -240,7 +240,9 @@ def test_a_missing_model_or_adapter_is_refused_at_submission(
     batch = batch_doc("wl-no-adapter", "vllm", gpus=1)
     batch["batch"]["adapter"] = "bio-ml/never-trained"
     r = mesh.http.post(f"{mesh.api}/jobs", json={"job": batch, "files": {}}, headers=mesh.headers())
-    assert r.status_code in (400, 422), r.text
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] == "model_not_found"
+    assert "batch.adapter" in r.json()["error"]["message"]
     doc["finetune"]["base_model"] = BASE
     r = mesh.submit(doc)  # a local path that was never uploaded
     assert r.status_code == 400
