@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -156,20 +157,24 @@ def test_a_two_worker_finetune_learns_and_registers_its_adapter(
     assert any("lora_" in n for n, _ in tuned.named_parameters())
 
 
+@contextmanager
+def extra_nodes(mesh: Mesh, gpu: Gpu, *names: str) -> Iterator[dict[str, Any]]:
+    """Volunteers with one `gpu` each, that only the tests here ask for; gone afterwards."""
+    handles = {name: mesh.add_node(Node(name, cpus=2, memory_gb=8, gpus=(gpu,))) for name in names}
+    try:
+        yield handles
+    finally:
+        for handle in handles.values():
+            try:
+                mesh.cluster.remove_node(handle)
+            except Exception:  # already killed by the test
+                pass
+
+
 @pytest.fixture
 def volunteers(mesh: Mesh) -> Iterator[dict[str, Any]]:
-    """Three volunteers with one L4 each, that only the tests here ask for."""
-    gpu = Gpu(0, "L4", 24.0, (8, 9))
-    handles = {
-        name: mesh.add_node(Node(name, cpus=2, memory_gb=8, gpus=(gpu,)))
-        for name in ("vol-a", "vol-b", "vol-c")
-    }
-    yield handles
-    for handle in handles.values():
-        try:
-            mesh.cluster.remove_node(handle)
-        except Exception:  # already killed by the test
-            pass
+    with extra_nodes(mesh, Gpu(0, "L4", 24.0, (8, 9)), "vol-a", "vol-b", "vol-c") as handles:
+        yield handles
 
 
 def test_a_finetune_whose_node_is_killed_resumes_from_its_checkpoint(
@@ -338,17 +343,8 @@ def test_batch_inference_with_each_engine_answers_every_id_in_order(
 
 @pytest.fixture
 def slow_nodes(mesh: Mesh) -> Iterator[dict[str, Any]]:
-    gpu = Gpu(0, "T4", 16.0, (7, 5))
-    handles = {
-        name: mesh.add_node(Node(name, cpus=2, memory_gb=8, gpus=(gpu,)))
-        for name in ("slow-a", "slow-b")
-    }
-    yield handles
-    for handle in handles.values():
-        try:
-            mesh.cluster.remove_node(handle)
-        except Exception:  # already killed by the test
-            pass
+    with extra_nodes(mesh, Gpu(0, "T4", 16.0, (7, 5)), "slow-a", "slow-b") as handles:
+        yield handles
 
 
 def test_an_interrupted_batch_does_not_redo_finished_shards(
