@@ -184,6 +184,15 @@ def outcome(ref: Ref) -> Outcome:
         return Outcome(error=f"{type(e).__name__}", lost=True)
 
 
+def answered(ref: Ref) -> bool:
+    """Whether a ready ping ref holds an answer (False: the worker or its node died)."""
+    try:
+        ray.get(ref, timeout=5)
+        return True
+    except RayError:
+        return False
+
+
 def fetch(ref: Ref) -> Any:
     """The value of a ready ref, or None when it failed."""
     try:

@@ -44,6 +44,9 @@ from scheduler.views import ApiError, job_view, node_views
 
 RUNNABLE_KINDS = frozenset({"Probe", "FineTune", "BatchInference"})
 NODE_REFRESH_S = 30.0  # how often an alive node's last_seen is written
+# A bundle of a multi-bundle job that fails may only be the echo of a peer whose node died
+# (its collective call breaks first): the peers are asked whether they live, for at most this.
+PEER_CHECK_S = 60.0
 WATCH_SLICE_S = 0.05  # the loop looks for a wake-up (a submission) at least this often
 LOCKED = frozenset({"cancel"})  # API methods that change what the loop works on
 
@@ -54,6 +57,16 @@ class Settings(BaseModel):
     loop_interval_s: float = 1.0  # the loop runs at least this often
     placement_timeout_s: float = 30.0  # a pinned group not ready by then is placed again
     log_interval_s: float = 1.0  # how often running workers are asked for new log lines
+
+
+@dataclass
+class Suspect:
+    """A bundle failed while the job's other bundles may have lost their node."""
+
+    bundle: int
+    result: actuator.Outcome
+    deadline: float
+    pings: dict[Any, int]  # ref -> the peer bundle asked
 
 
 @dataclass
@@ -80,6 +93,7 @@ class Active:
     log_refs: dict[Any, int] = field(default_factory=dict)
     logs_polled_at: float = 0.0
     progress: dict[str, Any] | None = None
+    suspect: Suspect | None = None  # a failed bundle, judged once its peers answer
 
     @property
     def requests(self) -> list[actuator.BundleRequest]:
@@ -159,6 +173,7 @@ class MeshController(ControllerApi):
                 refs = [r for a in self.active.values() for r in a.waits]
                 refs += [a.ready_ref for a in self.active.values() if a.ready_ref is not None]
                 refs += [r for a in self.active.values() for r in a.alive_refs]
+                refs += [r for a in self.active.values() if a.suspect for r in a.suspect.pings]
             if refs:
                 if actuator.ready(refs, timeout=min(left, WATCH_SLICE_S)):
                     break
@@ -349,6 +364,7 @@ class MeshController(ControllerApi):
         refs += [r for a in self.active.values() for r in a.waits]
         refs += [r for a in self.active.values() for r in a.alive_refs]
         refs += [r for a in self.active.values() for r in a.log_refs]
+        refs += [r for a in self.active.values() if a.suspect for r in a.suspect.pings]
         done = set(actuator.ready(refs, timeout=0))
         for a in list(self.active.values()):
             self._collect_logs(a, done, now)
@@ -363,6 +379,9 @@ class MeshController(ControllerApi):
                         " placing again",
                         now,
                     )
+                continue
+            if a.suspect is not None:
+                self._judge(a, done, now)
                 continue
             if a.alive_refs and all(r in done for r in a.alive_refs):
                 self._running(a, now)
@@ -475,6 +494,42 @@ class MeshController(ControllerApi):
         if result.lost and node not in self._nodes:
             self._interrupt(a, f"node {node} was lost", now)
             return
+        peers = [i for i, w in enumerate(a.workers) if i != bundle and w is not None]
+        if peers:  # judged in _judge once the peers answer (or do not)
+            refs = actuator.pings([a.workers[i] for i in peers])
+            a.suspect = Suspect(
+                bundle, result, now + PEER_CHECK_S, dict(zip(refs, peers, strict=True))
+            )
+            return
+        self._failed(a, bundle, result, now)
+
+    def _judge(self, a: Active, done: set[Any], now: float) -> None:
+        """A bundle failed: the job's own failure if every peer lives, else an interruption."""
+        s = a.suspect
+        assert s is not None
+        for ref in [r for r in s.pings if r in done]:
+            peer = s.pings.pop(ref)
+            if not actuator.answered(ref):
+                node = a.bundles[peer].node
+                if node not in self._nodes:
+                    self._interrupt(a, f"node {node} was lost", now)
+                else:
+                    self._failed(a, peer, actuator.Outcome(error="its worker died"), now)
+                return
+        if not s.pings:
+            self._failed(a, s.bundle, s.result, now)
+        elif now > s.deadline:
+            late = ", ".join(a.bundles[i].node for i in sorted(s.pings.values()))
+            self._interrupt(
+                a,
+                f"bundle {s.bundle} failed and the workers on {late} did not answer in "
+                f"{PEER_CHECK_S:g} s",
+                now,
+            )
+
+    def _failed(self, a: Active, bundle: int, result: actuator.Outcome, now: float) -> None:
+        """A failure of the job itself: it uses up a retry, or the job FAILED."""
+        node = a.bundles[bundle].node
         self._drain_logs(a)
         row = self.store.job(a.job)
         assert row is not None
