@@ -46,6 +46,8 @@ bench: setup
 	$(BIN)/python benchmarks/submit_latency.py
 	$(BIN)/python benchmarks/queue_drain.py
 	$(BIN)/python benchmarks/sim_policies.py
+	$(BIN)/python benchmarks/finetune_overhead.py
+	$(BIN)/python benchmarks/batch_overhead.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

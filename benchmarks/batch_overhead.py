@@ -46,6 +46,9 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # never write ~/.ray/auth_token
+# vLLM logs to stdout by default: keep stdout for the table or --json (its processes inherit it)
+os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
 import argparse
 import gc
@@ -56,6 +59,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -86,6 +90,7 @@ JOB_MEMORY_GB = 4
 POLL_S = 0.5
 JOB_TIMEOUT_S = 3600.0
 CLOSE_TIMEOUT_S = 30.0
+GPU_FREE_SHARE = 0.05  # of the GPU's memory in use, at most, before a side starts its engine
 WARMUP_PROMPTS, WARMUP_TOKENS = 2, 8
 SIDES = ("mesh", "direct", "direct-sharded", "direct-warm")
 DEFAULTS = {  # (prompts, max_tokens, repeat) by device; --quick: QUICK
@@ -189,6 +194,33 @@ def _nvidia_gpu() -> str:
     return names[0] if names else ""
 
 
+def wait_gpu_free(say: Callable[[str], None], timeout: float = 120.0) -> None:
+    """Wait until the previous side's engine has given the GPU's memory back (nvidia-smi)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            out = subprocess.run(
+                [
+                    "nvidia-smi",
+                    "--query-gpu=memory.used,memory.total",
+                    "--format=csv,noheader,nounits",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=True,
+            ).stdout.splitlines()[0]
+            used, total = (float(x) for x in out.split(","))
+        except (OSError, subprocess.SubprocessError, IndexError, ValueError):
+            return  # cannot tell: let vLLM say whether there is room
+        if used <= GPU_FREE_SHARE * total:
+            return
+        if time.monotonic() > deadline:
+            say(f"the GPU still has {used:.0f} of {total:.0f} MiB in use; going on")
+            return
+        time.sleep(1.0)
+
+
 def vllm_settings(
     device: Device, model: Path, max_model_len: int, threads: int
 ) -> tuple[dict[str, Any], dict[str, str]]:
@@ -225,6 +257,84 @@ def mesh_shards(count: int) -> list[tuple[int, int]]:
     return shard_ranges(count, shards)
 
 
+# --- other processes' CPU, from /proc ----------------------------------------------------------
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+SAMPLE_S = 0.5
+
+
+def machine_busy_s() -> float:
+    """CPU seconds this machine has been busy (all cores, all processes) since boot."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / CLK_TCK
+
+
+def tree_cpu_s(root: int) -> dict[int, float]:
+    """user + system CPU seconds of `root` and every process below it (the Ray cluster too)."""
+    stats: dict[int, list[str]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                text = (entry / "stat").read_text()
+            except OSError:
+                continue
+            stats[int(entry.name)] = text[text.rindex(")") + 2 :].split()
+    children: dict[int, list[int]] = {}
+    for pid, f in stats.items():
+        children.setdefault(int(f[1]), []).append(pid)
+    found: dict[int, float] = {}
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        if pid in stats:
+            found[pid] = (int(stats[pid][11]) + int(stats[pid][12])) / CLK_TCK
+            todo += children.get(pid, [])
+    return found
+
+
+class LoadSampler:
+    """Every SAMPLE_S: the machine's busy CPU seconds and this run's (this process and all
+    below it: the Ray cluster, the actor, vLLM's processes). What other users' processes took
+    over a window is the difference; a process of ours that ends counts with its last reading.
+    """
+
+    def __init__(self) -> None:
+        self.root = os.getpid()
+        self.cpu: dict[int, float] = {}
+        self.series: list[tuple[float, float, float]] = []  # (time, machine busy, ours)
+        self._stop = threading.Event()
+        self.sample()
+        self._thread = threading.Thread(target=self._run, name="load-sampler", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(SAMPLE_S):
+            self.sample()
+
+    def sample(self) -> None:
+        now = tree_cpu_s(self.root)
+        for pid, cpu in now.items():
+            if cpu < self.cpu.get(pid, 0.0):  # a pid used again: keep the ended one's time
+                self.cpu[-len(self.cpu) - 1] = self.cpu[pid]
+            self.cpu[pid] = cpu
+        self.series.append((time.time(), machine_busy_s(), sum(self.cpu.values())))
+
+    def others(self, start: float, end: float) -> float:
+        """Cores other processes kept busy on average from `start` to `end` (time.time())."""
+        self.sample()
+        before = [x for x in self.series if x[0] <= start] or self.series[:1]
+        after = [x for x in self.series if x[0] >= end] or self.series[-1:]
+        (t0, busy0, ours0), (t1, busy1, ours1) = before[-1], after[0]
+        if t1 <= t0:
+            return 0.0
+        return max(0.0, (busy1 - busy0) - (ours1 - ours0)) / (t1 - t0)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 # --- one run -----------------------------------------------------------------------------------
 
 
@@ -238,6 +348,8 @@ class Sample:
     engine_start_s: float
     generate_s: float
     wall_s: float | None = None  # mesh: submit -> SUCCEEDED
+    others: float = 0.0  # cores that other users' processes kept busy while it generated
+    window: tuple[float, float] = (0.0, 0.0)  # when it generated (time.time())
     texts: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
@@ -261,6 +373,34 @@ def scoped_env(values: Mapping[str, str]) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@contextmanager
+def niceness(nice: int) -> Iterator[None]:
+    """Run this thread at `nice`; the processes it starts (vLLM's) inherit it. Restored after
+    where allowed (lowering it again needs root; otherwise it stays, which only slows this
+    process's polling)."""
+    old = os.getpriority(os.PRIO_PROCESS, 0)  # on Linux: the calling thread
+    os.setpriority(os.PRIO_PROCESS, 0, nice)
+    try:
+        yield
+    finally:
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, old)
+        except PermissionError:
+            pass
+
+
+def ray_worker_niceness() -> int | None:
+    """The niceness Ray gives its workers (RAY_worker_niceness, 15 unless set), read from this
+    run's mesh controller, a Ray worker (Ray's agents run at 0); None when it is not found."""
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if " ".join(proc.cmdline()).startswith("ray::MeshController"):
+                return int(proc.nice())
+        except psutil.Error:
+            continue
+    return None
 
 
 def _direct_children() -> set[int]:
@@ -302,8 +442,25 @@ def direct_run(
     rows: Sequence[dict[str, Any]],
     max_tokens: int,
     threads: int,
+    nice: int,
 ) -> Sample:
-    """vllm.LLM in this process, as our engine opens it; one timed generate (or one a shard)."""
+    """vllm.LLM in this process, as our engine opens it; one timed generate (or one a shard).
+
+    This thread and vLLM's processes run at `nice`, as the mesh's Ray workers do.
+    """
+    with niceness(nice):
+        return _direct(side, repeat, device, model, rows, max_tokens, threads)
+
+
+def _direct(
+    side: str,
+    repeat: int,
+    device: Device,
+    model: Path,
+    rows: Sequence[dict[str, Any]],
+    max_tokens: int,
+    threads: int,
+) -> Sample:
     from transformers import AutoTokenizer
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
@@ -336,10 +493,11 @@ def direct_run(
             llm.generate(token_ids(rows[-WARMUP_PROMPTS:]), warm, use_tqdm=False)
         parts = mesh_shards(len(rows)) if side == "direct-sharded" else [(0, len(rows))]
         outputs: list[Any] = []
-        began = time.monotonic()
+        began, wall = time.monotonic(), time.time()
         for start, end in parts:
             outputs += llm.generate(token_ids(rows[start:end]), params, use_tqdm=False)
         seconds = time.monotonic() - began
+        window = (wall, wall + seconds)
     finally:
         mine |= _direct_children() - before
         if llm is not None:
@@ -357,6 +515,7 @@ def direct_run(
         tokens=sum(len(o.outputs[0].token_ids) for o in outputs),
         engine_start_s=engine_start,
         generate_s=seconds,
+        window=window,
         texts={str(r["id"]): o.outputs[0].text for r, o in zip(rows, outputs, strict=True)},
     )
 
@@ -441,6 +600,9 @@ class MeshSide:
         dest = self.workdir / f"{name}.jsonl"
         transfer.download_file(self.http, self.api, self.headers, results["sha256"], dest)
         lines = [json.loads(x) for x in dest.read_text(encoding="utf-8").splitlines()]
+        logs = self._get(f"/jobs/{job_id}/logs")["lines"]
+        done = [x["ts"] for x in logs if " done (" in x["line"]] or [ended]
+        seconds = float(bundle["seconds"])
         return Sample(
             side="mesh",
             repeat=repeat,
@@ -448,8 +610,9 @@ class MeshSide:
             prompts=int(bundle["rows"]),
             tokens=int(bundle["completion_tokens"]),
             engine_start_s=float(bundle["engine_start_s"]),
-            generate_s=float(bundle["seconds"]),
+            generate_s=seconds,
             wall_s=ended - start,
+            window=(done[-1] - seconds, done[-1]),
             texts={str(x["id"]): x["text"] for x in lines},
         )
 
@@ -534,8 +697,9 @@ def summarise(samples: Sequence[Sample], device: Device) -> dict[str, Any]:
 def run_table(samples: Sequence[Sample], summary: dict[str, Any], title: str) -> Table:
     table = Table(title=title)
     columns = ("side", "run", "device", "prompts", "tokens", "engine start s", "generate s")
-    for column in (*columns, "prompts/s", "tokens/s", "submit->done s"):
-        table.add_column(column, justify="left" if column in ("side", "device") else "right")
+    for column in (*columns, "prompts/s", "tokens/s", "submit->done s", "others' cores"):
+        left = column in ("side", "device")
+        table.add_column(column, justify="left" if left else "right", no_wrap=True)
     for side, s in summary["sides"].items():
         for x in (x for x in samples if x.side == side):
             table.add_row(
@@ -549,6 +713,7 @@ def run_table(samples: Sequence[Sample], summary: dict[str, Any], title: str) ->
                 f"{x.prompts_per_s:.2f}",
                 f"{x.tokens_per_s:.1f}",
                 f"{x.wall_s:.1f}" if x.wall_s is not None else "",
+                f"{x.others:.2f}",
             )
         table.add_row(
             side,
@@ -560,6 +725,7 @@ def run_table(samples: Sequence[Sample], summary: dict[str, Any], title: str) ->
             f"{s['generate_s']:.2f}",
             f"{s['prompts_per_s']:.2f}",
             f"{s['tokens_per_s']:.1f}",
+            "",
             "",
             style="bold",
         )
@@ -606,21 +772,58 @@ def measure(
         mesh = MeshSide(api, http, Path(workdir))
         if "mesh" in args.sides:
             mesh.setup(model, rows, say)
-        for repeat in range(1, args.repeat + 1):
-            order = list(args.sides) if repeat % 2 else list(reversed(args.sides))
-            for side in order:
-                say(f"repeat {repeat}/{args.repeat}: {side} ...")
-                if side == "mesh":
-                    s = mesh.run(repeat, device, args.max_tokens, args.threads)
-                else:
-                    s = direct_run(side, repeat, device, model, rows, args.max_tokens, args.threads)
-                samples.append(s)
-                say(
-                    f"repeat {repeat}: {side:14} {s.prompts} prompts, {s.tokens} tokens in "
-                    f"{s.generate_s:.2f} s: {s.prompts_per_s:.2f} prompts/s, "
-                    f"{s.tokens_per_s:.1f} tokens/s (engine start {s.engine_start_s:.1f} s)"
-                )
+        if args.nice == "match":
+            found = ray_worker_niceness()
+            args.nice_value = found if found is not None else 0
+            how = "as Ray runs the mesh's workers" if found is not None else "no Ray worker found"
+        else:
+            args.nice_value, how = int(args.nice), "--nice"
+        say(f"the direct side runs at nice {args.nice_value} ({how})")
+        load = LoadSampler()
+        try:
+            run_sides(args, device, model, rows, mesh, load, samples, say)
+        finally:
+            load.stop()
     return samples
+
+
+def run_sides(
+    args: argparse.Namespace,
+    device: Device,
+    model: Path,
+    rows: Sequence[dict[str, Any]],
+    mesh: MeshSide,
+    load: LoadSampler,
+    samples: list[Sample],
+    say: Callable[[str], None],
+) -> None:
+    for repeat in range(1, args.repeat + 1):
+        order = list(args.sides) if repeat % 2 else list(reversed(args.sides))
+        for side in order:
+            say(f"repeat {repeat}/{args.repeat}: {side} ...")
+            if device == "cuda":
+                wait_gpu_free(say)
+            if side == "mesh":
+                s = mesh.run(repeat, device, args.max_tokens, args.threads)
+            else:
+                s = direct_run(
+                    side,
+                    repeat,
+                    device,
+                    model,
+                    rows,
+                    args.max_tokens,
+                    args.threads,
+                    args.nice_value,
+                )
+            s.others = load.others(*s.window)
+            samples.append(s)
+            say(
+                f"repeat {repeat}: {side:14} {s.prompts} prompts, {s.tokens} tokens in "
+                f"{s.generate_s:.2f} s: {s.prompts_per_s:.2f} prompts/s, "
+                f"{s.tokens_per_s:.1f} tokens/s (engine start {s.engine_start_s:.1f} s; "
+                f"other processes: {s.others:.2f} cores)"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -637,8 +840,16 @@ def main(argv: list[str] | None = None) -> int:
         default="mesh,direct",
         help=f"comma-separated, of {', '.join(SIDES)} (default mesh,direct)",
     )
+    parser.add_argument(
+        "--nice",
+        default="match",
+        help="niceness of the direct side: match (default: that of the mesh's Ray workers, 15 "
+        "unless RAY_worker_niceness says otherwise) or a number",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     args = parser.parse_args(argv)
+    if args.nice != "match" and not args.nice.lstrip("-").isdigit():
+        parser.error("--nice must be match or a number")
     args.sides = [s.strip() for s in args.sides.split(",") if s.strip()]
     unknown = [s for s in args.sides if s not in SIDES]
     if unknown or not args.sides:
@@ -676,8 +887,9 @@ def main(argv: list[str] | None = None) -> int:
             "max_tokens": args.max_tokens,
             "threads": args.threads,
             "max_model_len": MAX_MODEL_LEN,
+            "direct_nice": args.nice_value,
             "samples": [
-                {k: v for k, v in asdict(s).items() if k != "texts"}
+                {k: v for k, v in asdict(s).items() if k not in ("texts", "window")}
                 | {"prompts_per_s": s.prompts_per_s, "tokens_per_s": s.tokens_per_s}
                 for s in samples
             ],
@@ -685,11 +897,11 @@ def main(argv: list[str] | None = None) -> int:
         }
         print(json.dumps(document, indent=2))
         return 0
-    out = Console(width=max(Console().width, 120))  # a pipe would otherwise get 80 columns
+    out = Console(width=max(Console().width, 150))  # a pipe would otherwise get 80 columns
     title = (
         f"BatchInference through the mesh vs vllm.LLM.generate: SmolLM2-135M on {device} "
         f"({device_name}), {args.prompts} chat prompts, greedy, max_tokens {args.max_tokens}, "
-        f"max_model_len {MAX_MODEL_LEN}, {args.threads} threads"
+        f"max_model_len {MAX_MODEL_LEN}, {args.threads} threads; direct at nice {args.nice_value}"
     )
     out.print(run_table(samples, summary, title))
     for line in verdict(summary):

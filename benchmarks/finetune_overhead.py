@@ -1,7 +1,8 @@
 """Tokens/s of one LoRA fine-tune of SmolLM2-135M through the mesh and as a plain peft loop.
 
     python benchmarks/finetune_overhead.py [--steps 20] [--warmup 2] [--threads 2] [--repeat 1]
-        [--quick] [--devices auto|cpu|cuda|cpu,cuda] [--gpu-steps 300] [--json]
+        [--quick] [--devices auto|cpu|cuda|cpu,cuda] [--gpu-steps 300] [--busy-cpus 0]
+        [--worker-niceness N] [--json]
 
 One fine-tune, run on both sides one after the other in the same run (never at once):
 
@@ -33,8 +34,16 @@ Warm-up: the first steps are left out of the timing on both sides the same way. 
 worker's report times all its steps; its log line of step k (step 1, then one every 2 s) gives
 the time up to step k (its tokens so far / its tokens/s so far). The cut is the first step >=
 --warmup that the worker logged, and the same step is cut on the plain side (whose steps are
-timed one by one). "cores" is the CPU time of the training process over the timed window / its
-wall time: the mesh worker's (read from /proc every 0.25 s), the plain side's (this process).
+timed one by one). Over the timed window, from /proc: "cores" is the CPU time of the training
+process / wall time (the mesh worker's, read every 0.25 s; the plain side's: this process),
+"others" the cores that every other process on the machine used meanwhile (this mesh's
+controller, API and raylets, and whatever else shares the machine), "steal" the time the
+hypervisor gave this machine's CPUs to others (on a VM).
+
+`--busy-cpus N` runs N single-threaded busy loops at nice 0 beside both sides (a machine in
+use, as a volunteer's often is). Ray starts its workers at nice 15 (`worker_niceness`), so the
+mesh's worker yields the CPU to such work where the plain loop (nice 0) shares it;
+`--worker-niceness 0` starts the mesh's cluster with `worker_niceness` 0 to compare.
 
 With `--repeat`, the two sides alternate which goes first. Prints a table per run and the ratio
 mesh / plain (floor 0.9x) per device; with a CUDA GPU, the same fine-tune runs on it as well,
@@ -54,9 +63,11 @@ import gc
 import json
 import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, redirect_stdout
 from dataclasses import asdict, dataclass, field
@@ -103,6 +114,17 @@ class BenchError(RuntimeError):
     """The benchmark could not measure; the message says what went wrong."""
 
 
+Sample = tuple[float, float, float, float]
+
+
+def machine_cpu_s() -> tuple[float, float]:
+    """This machine's busy CPU seconds (all CPUs, steal left out) and stolen seconds."""
+    with open("/proc/stat") as f:
+        ticks = [int(v) for v in f.readline().split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = ticks
+    return (user + nice + system + irq + softirq) / CLK_TCK, steal / CLK_TCK
+
+
 @dataclass
 class Run:
     """One side's fine-tune. Per-step tokens always; per-step times on the plain side only."""
@@ -120,14 +142,19 @@ class Run:
     window_tokens: int = 0
     window_s: float = 0.0
     cores: float | None = None  # CPU time / wall time of the training process, timed window
+    others: float | None = None  # cores every other process used meanwhile
+    steal: float | None = None  # cores the hypervisor took meanwhile
     startup_s: float = 0.0  # mesh: submit -> SUCCEEDED; plain: load + all steps
     load_s: float | None = None  # plain: model load + LoRA; mesh: submit -> step 1 logged
     step_end_s: list[float] = field(default_factory=list)  # plain: time at each step's end
-    cpu_end_s: list[float] = field(default_factory=list)  # plain: CPU time at each step's end
     logged: dict[int, tuple[int, float]] = field(default_factory=dict)  # mesh: step -> (tps, ts)
-    cpu_samples: list[tuple[float, float]] = field(default_factory=list)  # mesh: (ts, cpu s)
+    # (time, the training process's CPU s, the machine's busy CPU s, stolen s); plain: at the
+    # start and at each step's end; mesh: every SAMPLE_S while the worker runs
+    samples: list[Sample] = field(default_factory=list)
     node: str = ""
     report_tokens: int = 0  # mesh: the report's tokens, all steps
+    load_avg: float = 0.0  # this machine's 1-minute load average when the run ended
+    nice: int | None = None  # the training process's niceness
 
     @property
     def tokens_s(self) -> float:
@@ -212,7 +239,9 @@ def plain_run(
 ) -> Run:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     torch.set_num_threads(threads)
     cuda = device == "cuda"
     dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
@@ -230,7 +259,9 @@ def plain_run(
         bias="none",
         task_type="CAUSAL_LM",
     )
-    peft_model = get_peft_model(model, config).to(device)
+    with warnings.catch_warnings():  # peft 0.21 reads a deprecated transformers 5 attribute
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing")
+        peft_model = get_peft_model(model, config).to(device)
     peft_model.train()
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
@@ -238,9 +269,9 @@ def plain_run(
 
     tokens: list[int] = []
     ends: list[float] = []
-    cpu: list[float] = []
+    samples: list[Sample] = [(time.time(), time.process_time(), *machine_cpu_s())]
     loss = float("nan")
-    started, cpu_started = time.perf_counter(), time.process_time()
+    started = time.perf_counter()
     for batch in batch_order(len(rows), steps):
         seqs = [torch.tensor(rows[i], dtype=torch.long) for i in batch]
         input_ids = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=pad_id)
@@ -259,7 +290,7 @@ def plain_run(
         loss = float(out.loss.item())  # waits for the GPU, as the mesh's step does
         tokens.append(int(lengths.sum()))
         ends.append(time.perf_counter() - started)
-        cpu.append(time.process_time() - cpu_started)
+        samples.append((time.time(), time.process_time(), *machine_cpu_s()))
     run = Run(
         side="plain",
         device=device,
@@ -273,7 +304,8 @@ def plain_run(
         startup_s=time.perf_counter() - began,
         load_s=load_s,
         step_end_s=ends,
-        cpu_end_s=cpu,
+        samples=samples,
+        nice=os.nice(0),
     )
     del optimizer, peft_model, model, params
     gc.collect()
@@ -350,12 +382,17 @@ def _worker_pids() -> list[int]:
     return pids
 
 
-def _cpu_s(pid: int) -> float | None:
+def _stat(pid: int) -> list[str] | None:
+    """/proc/PID/stat from its 3rd field (state) on."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+
+def _cpu_s(pid: int) -> float | None:
+    fields = _stat(pid)
+    return None if fields is None else (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 class MeshSide:
@@ -364,6 +401,7 @@ class MeshSide:
         self.http = http
         self.err = err
         self.headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        self.seen: set[int] = set()  # workers of earlier runs, should one linger
         started = time.perf_counter()
         digest = transfer.upload_tree(http, api, self.headers, model_dir, COMMUNITY)
         body = {"name": MODEL_NAME, "sha256": digest, "kind": "base", "source": "benchmark"}
@@ -394,20 +432,25 @@ class MeshSide:
         )
         if r.status_code != 201:
             raise BenchError(f"submitting {name}: {r.status_code} {r.text}")
-        samples: list[tuple[float, float]] = []
+        samples: list[Sample] = []
         pid: int | None = None
+        nice: int | None = None
         deadline = time.monotonic() + JOB_TIMEOUT_S
         next_poll = 0.0
         state = "QUEUED"
         job: dict[str, Any] = {}
         while True:
             if pid is None:
-                pids = _worker_pids()
-                pid = pids[0] if len(pids) == 1 else None
+                new = [p for p in _worker_pids() if p not in self.seen]
+                if len(new) == 1:
+                    pid = new[0]
+                    self.seen.add(pid)
+                    fields = _stat(pid)
+                    nice = int(fields[16]) if fields else None
             if pid is not None:
                 cpu = _cpu_s(pid)
                 if cpu is not None:
-                    samples.append((time.time(), cpu))
+                    samples.append((time.time(), cpu, *machine_cpu_s()))
             if time.monotonic() >= next_poll:
                 job = self._get(f"/jobs/{job_id}")
                 state = job["state"]
@@ -449,15 +492,19 @@ class MeshSide:
             startup_s=ended - submitted,
             load_s=logged[1][1] - submitted,
             logged=logged,
-            cpu_samples=samples,
+            samples=samples,
             node=node,
             report_tokens=int(report["tokens"]),
+            nice=nice,
         )
 
 
 @contextmanager
-def mesh_up(head: Node, declared: Sequence[Node], err: Console) -> Iterator[str]:
-    """A local Ray cluster of `head` and `declared` with the mesh on it; yields the API's URL."""
+def mesh_up(
+    head: Node, declared: Sequence[Node], niceness: int | None, err: Console
+) -> Iterator[str]:
+    """A local Ray cluster of `head` and `declared` with the mesh on it; yields the API's URL.
+    `niceness`: Ray's `worker_niceness` for every worker (None: Ray's default, 15)."""
     # Ray prints the cluster's messages (one when Serve shuts down) on stdout: keep it for --json
     with (
         redirect_stdout(sys.stderr),
@@ -469,21 +516,51 @@ def mesh_up(head: Node, declared: Sequence[Node], err: Console) -> Iterator[str]
             declared,
             home=Path(home),
             admin_token=ADMIN_TOKEN,
+            system_config=None if niceness is None else {"worker_niceness": niceness},
             progress=lambda m: err.print(m, highlight=False),
         ) as (_, api):
             err.print(f"mesh up at {api} in {time.perf_counter() - started:.1f} s", highlight=False)
             yield api
 
 
+@contextmanager
+def busy_loops(count: int, err: Console) -> Iterator[None]:
+    """`count` single-threaded busy loops at nice 0 meanwhile (this script's children, ended by
+    their own handles afterwards): other work on the machine, as on a volunteer's."""
+    # each loop ends by itself once this script is gone (its parent changes), killed or not
+    spin = "import os\nparent = os.getppid()\nwhile os.getppid() == parent:\n    pass\n"
+    loops = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(count)]
+    if loops:
+        err.print(f"{count} busy loop(s) running: pids {[p.pid for p in loops]}", highlight=False)
+    try:
+        yield
+    finally:
+        for p in loops:
+            p.terminate()
+        for p in loops:
+            p.wait(timeout=10)
+
+
 # --- the timed window: the same steps on both sides ---------------------------------------------
 
 
-def _cpu_at(samples: Sequence[tuple[float, float]], t: float) -> float | None:
-    """The worker's CPU seconds at time `t`, interpolated between two samples around it."""
-    for (t0, c0), (t1, c1) in zip(samples, samples[1:], strict=False):
-        if t0 <= t <= t1:
-            return c0 if t1 == t0 else c0 + (c1 - c0) * (t - t0) / (t1 - t0)
+def _at(samples: Sequence[Sample], t: float) -> Sample | None:
+    """The counters at time `t`, interpolated between the two samples around it."""
+    for a, b in zip(samples, samples[1:], strict=False):
+        if a[0] <= t <= b[0]:
+            f = 0.0 if b[0] == a[0] else (t - a[0]) / (b[0] - a[0])
+            own, busy, steal = (a[i] + (b[i] - a[i]) * f for i in (1, 2, 3))
+            return (t, own, busy, steal)
     return None
+
+
+def _usage(run: Run, begin: Sample | None, end: Sample | None) -> None:
+    """cores, others and steal of `run` between two samples."""
+    if begin is None or end is None or end[0] <= begin[0]:
+        return
+    wall = end[0] - begin[0]
+    own, busy, steal = (end[i] - begin[i] for i in (1, 2, 3))
+    run.cores, run.others, run.steal = own / wall, max(0.0, busy - own) / wall, steal / wall
 
 
 def apply_cut(mesh: Run, plain: Run, warmup: int) -> None:
@@ -510,13 +587,11 @@ def apply_cut(mesh: Run, plain: Run, warmup: int) -> None:
     mesh.cut = plain.cut = cut
     mesh.window_tokens = mesh.report_tokens - before
     mesh.window_s = mesh.total_s - elapsed
-    begin, end = _cpu_at(mesh.cpu_samples, ts), _cpu_at(mesh.cpu_samples, ts + mesh.window_s)
-    if begin is not None and end is not None and mesh.window_s > 0:
-        mesh.cores = (end - begin) / mesh.window_s
+    _usage(mesh, _at(mesh.samples, ts), _at(mesh.samples, ts + mesh.window_s))
 
     plain.window_tokens = sum(plain.step_tokens[cut:])
     plain.window_s = plain.step_end_s[-1] - plain.step_end_s[cut - 1]
-    plain.cores = (plain.cpu_end_s[-1] - plain.cpu_end_s[cut - 1]) / plain.window_s
+    _usage(plain, plain.samples[cut], plain.samples[-1])
 
 
 # --- the runs --------------------------------------------------------------------------------
@@ -531,6 +606,8 @@ class Plan:
     repeat: int
     gpu_here: bool
     gpu_name: str | None
+    busy_cpus: int  # busy loops (nice 0) running beside both sides, as on a machine in use
+    worker_niceness: int | None  # Ray's worker_niceness for the mesh (None: Ray's default)
 
 
 def make_plan(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Plan:
@@ -554,8 +631,8 @@ def make_plan(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Plan
     )
     if args.warmup < 1 or cpu_steps <= args.warmup or gpu_steps <= args.warmup:
         parser.error("--warmup must be at least 1 and below --steps and --gpu-steps")
-    if args.threads < 1 or args.repeat < 1:
-        parser.error("--threads and --repeat must be at least 1")
+    if args.threads < 1 or args.repeat < 1 or args.busy_cpus < 0:
+        parser.error("--threads and --repeat must be at least 1, --busy-cpus at least 0")
     return Plan(
         devices=devices,
         steps={"cpu": cpu_steps, "cuda": gpu_steps},
@@ -564,6 +641,8 @@ def make_plan(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Plan
         repeat=args.repeat,
         gpu_here=gpu_here,
         gpu_name=torch.cuda.get_device_name(0) if gpu_here else None,
+        busy_cpus=args.busy_cpus,
+        worker_niceness=args.worker_niceness,
     )
 
 
@@ -571,7 +650,7 @@ def _say(err: Console, run: Run) -> None:
     err.print(
         f"  {run.side:5} on {run.device}: {run.steps} steps, {run.tokens} tokens in "
         f"{run.total_s:.1f} s ({run.all_tokens_s:.0f} tokens/s over all steps), "
-        f"{run.startup_s:.1f} s in all",
+        f"{run.startup_s:.1f} s in all; load average {run.load_avg:.2f}",
         highlight=False,
     )
 
@@ -604,7 +683,11 @@ def measure(plan: Plan, err: Console) -> list[tuple[Run, Run]]:
         }
         declared = list(cluster_from_dict(nodes, source="finetune_overhead").nodes)
     pairs: list[tuple[Run, Run]] = []
-    with mesh_up(head, declared, err) as api, httpx.Client(timeout=120) as http:
+    with (
+        mesh_up(head, declared, plan.worker_niceness, err) as api,
+        httpx.Client(timeout=120) as http,
+        busy_loops(plan.busy_cpus, err),
+    ):
         mesh = MeshSide(api, http, model_dir, err)
         for device in plan.devices:
             steps = plan.steps[device]
@@ -620,6 +703,7 @@ def measure(plan: Plan, err: Console) -> list[tuple[Run, Run]]:
                     else:
                         got[side] = plain_run(model_dir, rows, steps, device, plan.threads, pad_id)
                     got[side].pair, got[side].first = i + 1, side == order[0]
+                    got[side].load_avg = os.getloadavg()[0]
                     _say(err, got[side])
                 m, p = got["mesh"], got["plain"]
                 if m.device != device:
@@ -640,11 +724,14 @@ def runs_table(pairs: Sequence[tuple[Run, Run]], plan: Plan) -> Table:
     table = Table(
         title=f"LoRA fine-tune of SmolLM2-135M (r {LORA_R}, {len(TARGETS)} projections, batch "
         f"{BATCH_SIZE}, seq_len {SEQ_LEN}), mesh beside a plain peft loop, {plan.threads} threads",
-        caption="tokens/s over the timed steps (warm-up left out); cores: CPU time of the "
-        "training process / wall time over those steps; no checkpoint in either run",
+        caption="steps, tokens, seconds, tokens/s: the timed steps (warm-up left out); all: "
+        "tokens/s over every step; over the timed steps, cores: the training process's CPU time "
+        "/ wall time, others: cores all other processes used, steal: cores the hypervisor took; "
+        "nice: the training process's niceness; load: 1-minute load average at the run's end; "
+        "no checkpoint in either run",
     )
     columns = ("run", "side", "device", "threads", "steps", "tokens", "seconds", "tokens/s")
-    for column in (*columns, "all steps tok/s", "cores", "final loss"):
+    for column in (*columns, "all", "cores", "others", "steal", "nice", "final loss", "load"):
         table.add_column(column, justify="left" if column in ("side", "device") else "right")
     for m, p in pairs:
         for run in (m, p) if m.first else (p, m):
@@ -653,16 +740,20 @@ def runs_table(pairs: Sequence[tuple[Run, Run]], plan: Plan) -> Table:
                 run.side,
                 run.device,
                 str(run.threads),
-                f"{run.steps - run.cut} of {run.steps}",
+                f"{run.steps - run.cut}/{run.steps}",
                 f"{run.window_tokens:,}",
                 f"{run.window_s:.2f}",
                 f"{run.tokens_s:,.0f}",
                 f"{run.all_tokens_s:,.0f}",
                 f"{run.cores:.2f}" if run.cores is not None else "-",
+                f"{run.others:.2f}" if run.others is not None else "-",
+                f"{run.steal:.2f}" if run.steal is not None else "-",
+                str(run.nice) if run.nice is not None else "-",
                 f"{run.final_loss:.4f}",
+                f"{run.load_avg:.1f}",
             )
         table.add_row(
-            "", "mesh/plain", "", "", "", "", "", f"{m.tokens_s / p.tokens_s:.3f}x", "", "", ""
+            "", "mesh/plain", "", "", "", "", "", f"{m.tokens_s / p.tokens_s:.3f}x", *[""] * 7
         )
         table.add_section()
     return table
@@ -675,7 +766,7 @@ def startup_table(pairs: Sequence[tuple[Run, Run]]) -> Table:
         "and dataset from the artifact store, load, training, adapter upload); plain: "
         "from_pretrained + get_peft_model, then all steps",
     )
-    for column in ("run", "device", "mesh: submit -> step 1", "mesh: submit -> SUCCEEDED"):
+    for column in ("run", "device", "mesh: submit -> step 1 done", "mesh: submit -> SUCCEEDED"):
         table.add_column(column, justify="right")
     table.add_column("plain: load", justify="right")
     table.add_column("plain: load + steps", justify="right")
@@ -717,6 +808,12 @@ def verdicts(pairs: Sequence[tuple[Run, Run]], plan: Plan) -> list[str]:
         lines.append(f"a GPU is here ({plan.gpu_name}) but --devices left it out")
     else:
         lines.append(f"GPU measured: {plan.gpu_name}, the head node's (bf16)")
+    if plan.busy_cpus:
+        lines.append(f"{plan.busy_cpus} busy loop(s) at nice 0 ran beside both sides")
+    if plan.worker_niceness is not None:
+        lines.append(
+            f"the mesh's Ray workers ran at nice {plan.worker_niceness} (Ray's default: 15)"
+        )
     cut = sorted({m.cut for m, _ in pairs})
     lines.append(
         f"warm-up: the first {'/'.join(map(str, cut))} step(s) left out on both sides (the first "
@@ -728,7 +825,7 @@ def verdicts(pairs: Sequence[tuple[Run, Run]], plan: Plan) -> list[str]:
 def document(pairs: Sequence[tuple[Run, Run]], plan: Plan) -> dict[str, Any]:
     def run_doc(run: Run) -> dict[str, Any]:
         d = asdict(run)
-        for heavy in ("step_end_s", "cpu_end_s", "cpu_samples", "logged"):
+        for heavy in ("step_end_s", "samples", "logged"):
             d.pop(heavy)
         return {**d, "tokens_s": run.tokens_s, "all_tokens_s": run.all_tokens_s}
 
@@ -784,6 +881,18 @@ def main(argv: list[str] | None = None) -> int:
         default="auto",
         help="cpu, cuda or cpu,cuda; auto (default): the CPU, and the GPU when there is one",
     )
+    parser.add_argument(
+        "--busy-cpus",
+        type=int,
+        default=0,
+        help="run N busy loops (nice 0) beside both sides, as on a machine in use (default 0)",
+    )
+    parser.add_argument(
+        "--worker-niceness",
+        type=int,
+        default=None,
+        help="Ray's worker_niceness for the mesh's cluster (default: Ray's, 15)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     args = parser.parse_args(argv)
     err = Console(stderr=True)
@@ -800,10 +909,14 @@ def main(argv: list[str] | None = None) -> int:
     except (BenchError, transfer.ClientError, httpx.HTTPError, OSError) as e:
         err.print(f"[red]finetune_overhead failed:[/] {e}", highlight=False)
         return 1
+    except Exception as e:  # a bug here or in what it drives: the traceback, then one line
+        err.print_exception()
+        err.print(f"[red]finetune_overhead failed:[/] {type(e).__name__}: {e}", highlight=False)
+        return 1
     if args.json:
         print(json.dumps(document(pairs, plan), indent=2))
         return 0
-    out = Console(width=max(Console().width, 130))  # a pipe would otherwise get 80 columns
+    out = Console(width=max(Console().width, 150))  # a pipe would otherwise get 80 columns
     out.print(runs_table(pairs, plan))
     out.print(startup_table(pairs))
     for line in verdicts(pairs, plan):
