@@ -100,8 +100,10 @@ def start_cluster(
         "dashboard_agent_listen_port": None,
         "labels": labels_for(head),
     }
-    if system_config:
-        head_args["_system_config"] = system_config
+    # Ray runs its workers at nice 15 by default: beside any other work a training step then
+    # stalls (0.2x of a plain process in benchmarks/finetune_overhead.py); the mesh's workloads
+    # are what its machines are lent for, so they run at the plain priority.
+    head_args["_system_config"] = {"worker_niceness": 0, **(system_config or {})}
     progress(f"starting the Ray head on this machine ({head.name}, {head.cpus:g} CPUs)")
     cluster = Cluster(initialize_head=True, head_node_args=head_args)
     try:
