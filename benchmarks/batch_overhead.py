@@ -67,7 +67,7 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, redirect_stdout
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -81,6 +81,7 @@ from rich.table import Table
 from cluster.nodes import local_mesh
 from scheduler import gpus, transfer
 from scheduler.cluster import Gpu, Node
+from workloads.engines import scoped_env
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_CACHE = ROOT / "benchmarks" / "out" / "smollm2-135m"
@@ -365,20 +366,6 @@ class Sample:
     @property
     def tokens_per_s(self) -> float:
         return self.tokens / self.generate_s
-
-
-@contextmanager
-def scoped_env(values: Mapping[str, str]) -> Iterator[None]:
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @contextmanager

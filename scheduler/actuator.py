@@ -18,7 +18,7 @@ from ray.util.placement_group import PlacementGroup, placement_group, remove_pla
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from cluster.labels import NODE
-from workloads.artifacts import STORE_ACTOR as ARTIFACTS
+from workloads.artifacts import store_actor
 from workloads.runner import NAMESPACE, WorkloadActor, WorkloadError, worker_name
 
 CONTROLLER = "mesh-controller"
@@ -261,7 +261,7 @@ def artifacts_missing(digests: Sequence[str]) -> list[str]:
     if not digests:
         return []
     try:
-        store = ray.get_actor(ARTIFACTS, namespace=NAMESPACE)
+        store = store_actor()
     except ValueError:
         return list(digests)
     found: list[Any] = ray.get([store.stat.remote(d) for d in digests], timeout=30)
@@ -271,7 +271,7 @@ def artifacts_missing(digests: Sequence[str]) -> list[str]:
 def artifact_bytes(digest: str, limit: int) -> bytes | None:
     """A small blob's bytes (a tree's manifest), None when absent or larger than `limit`."""
     try:
-        store = ray.get_actor(ARTIFACTS, namespace=NAMESPACE)
+        store = store_actor()
         stat: Any = ray.get(store.stat.remote(digest), timeout=30)
         if stat is None or stat["size"] > limit:
             return None

@@ -56,10 +56,6 @@ NameOption = Annotated[
 ]
 
 
-def _headers(client: MeshClient) -> dict[str, str]:
-    return {"Authorization": client.http.headers.get("Authorization", "")}
-
-
 def _default_name(client: MeshClient, stem: str) -> str:
     me = client.whoami()
     community = me.get("community")
@@ -199,7 +195,7 @@ def import_model(
             digest = transfer.upload_tree(
                 client.http,
                 client.config.api,
-                _headers(client),
+                client.auth_headers,
                 folder,
                 community,
                 _Bytes.progress(),
@@ -240,7 +236,7 @@ def pull_model(
         transfer.download_tree(
             client.http,
             client.config.api,
-            _headers(client),
+            client.auth_headers,
             model["sha256"],
             dest,
             _Bytes.progress(),
@@ -276,11 +272,11 @@ def results(
             if o["type"] == "tree":
                 target = dest / name
                 transfer.download_tree(
-                    client.http, client.config.api, _headers(client), o["sha256"], target, None
+                    client.http, client.config.api, client.auth_headers, o["sha256"], target, None
                 )
             else:
                 target = dest / o.get("filename", name)
                 transfer.download_file(
-                    client.http, client.config.api, _headers(client), o["sha256"], target, None
+                    client.http, client.config.api, client.auth_headers, o["sha256"], target, None
                 )
             _say(f"{name} -> {target}")

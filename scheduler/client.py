@@ -299,6 +299,11 @@ class MeshClient:
         """The HTTP client (base URL and token set), for `scheduler.transfer`."""
         return self._http
 
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        """The Authorization header, for `scheduler.transfer`'s calls."""
+        return {"Authorization": self._http.headers.get("Authorization", "")}
+
     def models(self, community: str | None = None) -> list[dict[str, Any]]:
         """GET /models: the latest version of every registered model."""
         result = self._request("GET", "/models", params={"community": community})

@@ -398,21 +398,7 @@ class MeshController(ControllerApi):
                     self._finish(a, now)
 
     def _collect_logs(self, a: Active, done: set[Any], now: float) -> None:
-        lines: list[tuple[float, str]] = []
-        progress = None
-        for ref in [r for r in a.log_refs if r in done]:
-            bundle = a.log_refs.pop(ref)
-            got = actuator.fetch(ref) or {}
-            new = got.get("lines") or []
-            a.log_next[bundle] += len(new)
-            lines += [(float(ts), str(line)) for ts, line in new]
-            if got.get("progress") and (progress is None or bundle == 0):
-                progress = got["progress"]
-        if lines:
-            self.store.append_logs(a.job, sorted(lines), a.log_next)
-        if progress and progress != a.progress:
-            a.progress = progress
-            self.store.set_progress(a.job, progress)
+        self._store_logs(a, [(a.log_refs.pop(r), r) for r in list(a.log_refs) if r in done])
         if (
             a.workers
             and not a.log_refs
@@ -426,16 +412,25 @@ class MeshController(ControllerApi):
     def _drain_logs(self, a: Active) -> None:
         """Collect the last log lines of a job whose workers have ended (before release)."""
         refs = actuator.log_refs(a.workers, a.log_next) if a.workers else []
-        lines = []
-        for i, ref in enumerate(refs):
+        self._store_logs(a, list(enumerate(refs)))
+
+    def _store_logs(self, a: Active, replies: list[tuple[int, Any]]) -> None:
+        """Store the new lines of the workers' `logs()` replies, and the latest progress (bundle
+        0's when it has one)."""
+        lines: list[tuple[float, str]] = []
+        progress = None
+        for bundle, ref in replies:
             got = actuator.fetch(ref) or {}
             new = got.get("lines") or []
-            a.log_next[i] += len(new)
+            a.log_next[bundle] += len(new)
             lines += [(float(ts), str(line)) for ts, line in new]
-            if i == 0 and got.get("progress"):
-                self.store.set_progress(a.job, got["progress"])
+            if got.get("progress") and (progress is None or bundle == 0):
+                progress = got["progress"]
         if lines:
             self.store.append_logs(a.job, sorted(lines), a.log_next)
+        if progress and progress != a.progress:
+            a.progress = progress
+            self.store.set_progress(a.job, progress)
 
     def _finish(self, a: Active, now: float) -> None:
         if a.alive_refs:  # ended before its start was seen: it ran all the same

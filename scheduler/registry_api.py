@@ -7,7 +7,6 @@ manifest in the artifact store: a model is safetensors weights with its config, 
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Any
 
@@ -16,18 +15,16 @@ from scheduler.jobio import check_folder, may_read, upload_community
 from scheduler.spec import check_registry_name
 from scheduler.store import Principal, Store
 from scheduler.views import ApiError
-from workloads.artifacts import ArtifactError, parse_manifest
+from workloads.artifacts import ArtifactError, check_digest, parse_manifest
 
 MAX_MANIFEST_BYTES = 16 * 2**20
-_DIGEST_RE = re.compile(r"[0-9a-f]{64}")
 
 
 def _digest(value: str) -> str:
-    if not isinstance(value, str) or not _DIGEST_RE.fullmatch(value):
-        raise ApiError(
-            400, "bad_request", f"{value!r} is not a SHA-256 digest", "64 lowercase hex digits"
-        )
-    return value
+    try:
+        return check_digest(value)
+    except ArtifactError as e:
+        raise ApiError(400, "bad_request", str(e)) from None
 
 
 class RegistryApi:

@@ -74,7 +74,7 @@ def upload_refs(
         if r.ref in uploaded:
             continue
         tree = r.path.is_dir()
-        headers = {"Authorization": client.http.headers.get("Authorization", "")}
+        headers = client.auth_headers
         if tree:
             digest = transfer.upload_tree(
                 client.http, client.config.api, headers, r.path, community, progress

@@ -358,7 +358,8 @@ def open_engine(
 
 
 @contextmanager
-def _scoped_env(values: Mapping[str, str]) -> Iterator[None]:
+def scoped_env(values: Mapping[str, str]) -> Iterator[None]:
+    """Set environment variables for the block, then put back what was there."""
     old = {k: os.environ.get(k) for k in values}
     os.environ.update(values)
     try:
@@ -459,7 +460,7 @@ class VllmEngine(Engine):
         self.pids: set[int] = set()  # the processes this engine started (engine core, worker)
         self._llm: Any = None
         try:
-            with _scoped_env(env):
+            with scoped_env(env):
                 self._llm = LLM(**kwargs)
         except BaseException:
             _reap(_child_pids() - before, timeout=10.0)  # vLLM ends them too; make sure

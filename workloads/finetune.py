@@ -82,7 +82,7 @@ class _Checkpoints:
         self.last_step = 0
         self.last_time = time.monotonic()
 
-    def due(self, step: int, step_s: float) -> bool:
+    def due(self, step: int) -> bool:
         if isinstance(self.every, int):
             return step - self.last_step >= self.every
         if self.cost_s is None:  # measure what a checkpoint costs, once, early
@@ -177,7 +177,7 @@ def run_finetune(ctx: WorkContext) -> dict[str, Any]:
                     f"step {stats.step}/{total} loss {stats.loss:.4f} "
                     f"{tokens_s:.0f} tokens/s, ETA {eta_s:.0f} s"
                 )
-            if rank == 0 and stats.step < total and policy.due(stats.step, step_s):
+            if rank == 0 and stats.step < total and policy.due(stats.step):
                 began = time.monotonic()
                 folder = scratch / f"ckpt-{stats.step}"
                 trainer.save_checkpoint(folder)
