@@ -44,7 +44,7 @@ import gc
 import json
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -478,19 +478,11 @@ class VllmEngine(Engine):
                 self.close()
                 raise ModelError(f"{adapter['path']}: vLLM did not load this adapter")
 
-    def generate(
-        self, prompts: Sequence[Prompt], sampling: Mapping[str, Any] | None = None
-    ) -> list[dict[str, Any]]:
-        if self._llm is None:
-            raise RuntimeError("this engine is closed")
+    def _params(self, sampling: Mapping[str, Any] | None) -> Any:
         from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
 
         s = Sampling.read(sampling)
-        ids = self.check_lengths(prompts)
-        if not ids:
-            return []
-        params = SamplingParams(
+        return SamplingParams(
             n=1,
             temperature=s.temperature,
             top_p=s.top_p,
@@ -498,25 +490,72 @@ class VllmEngine(Engine):
             seed=s.seed,
             stop=list(s.stop) or None,
         )
+
+    @staticmethod
+    def _result(prompt: Prompt, output: Any) -> dict[str, Any]:
+        completion = output.outputs[0]
+        return {
+            "id": prompt.id,
+            "text": completion.text,
+            "prompt_tokens": len(output.prompt_token_ids or []),
+            "completion_tokens": len(completion.token_ids),
+            "finish_reason": completion.finish_reason or "length",
+        }
+
+    def generate(
+        self, prompts: Sequence[Prompt], sampling: Mapping[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
+        if self._llm is None:
+            raise RuntimeError("this engine is closed")
+        from vllm.inputs import TokensPrompt
+
+        params = self._params(sampling)
+        ids = self.check_lengths(prompts)
+        if not ids:
+            return []
         outputs = self._llm.generate(
             [TokensPrompt(prompt_token_ids=t) for t in ids],
             params,
             use_tqdm=False,
             lora_request=self.lora,
         )
-        results = []
-        for prompt, output in zip(prompts, outputs, strict=True):
-            completion = output.outputs[0]
-            results.append(
-                {
-                    "id": prompt.id,
-                    "text": completion.text,
-                    "prompt_tokens": len(output.prompt_token_ids or []),
-                    "completion_tokens": len(completion.token_ids),
-                    "finish_reason": completion.finish_reason or "length",
-                }
-            )
-        return results
+        return [self._result(p, o) for p, o in zip(prompts, outputs, strict=True)]
+
+    def generate_stream(
+        self, prompts: Sequence[Prompt], sampling: Mapping[str, Any] | None = None
+    ) -> Generator[tuple[int, dict[str, Any]], None, None]:
+        """(index in `prompts`, result) as each prompt finishes, in the order they finish.
+
+        Every prompt is queued at once, so vLLM keeps its batch full from the first prompt to
+        the last; `generate` on one slice after another would drain the batch at the end of
+        each. Closing the iterator early aborts the prompts still queued.
+        """
+        if self._llm is None:
+            raise RuntimeError("this engine is closed")
+        from vllm.inputs import TokensPrompt
+
+        params = self._params(sampling)
+        ids = self.check_lengths(prompts)
+        if not ids:
+            return
+        request_ids = self._llm.enqueue(
+            [TokensPrompt(prompt_token_ids=t) for t in ids],
+            params,
+            lora_request=self.lora,
+            use_tqdm=False,
+        )
+        # enqueue returns vLLM's internal ids, "<n>-<8 random characters>"; outputs carry "<n>"
+        index = {str(r).split("-", 1)[0]: i for i, r in enumerate(request_ids)}
+        engine = self._llm.llm_engine
+        try:
+            while engine.has_unfinished_requests():
+                for output in engine.step():
+                    if output.finished:
+                        i = index.pop(output.request_id)
+                        yield i, self._result(prompts[i], output)
+        finally:
+            if index:
+                engine.abort_request(list(index))
 
     def close(self) -> None:
         llm, self._llm = self._llm, None

@@ -386,6 +386,25 @@ def test_vllm_names_a_prompt_too_long_and_keeps_running(vllm_engine: VllmEngine)
     assert len(in_thread(lambda: vllm_engine.generate(mixed_prompts(2), GREEDY))) == 2
 
 
+def test_vllm_streams_the_results_generate_gives_and_aborts_what_is_left(
+    vllm_engine: VllmEngine,
+) -> None:
+    prompts = mixed_prompts(9)
+    expected = in_thread(lambda: vllm_engine.generate(prompts, GREEDY))
+    streamed = in_thread(lambda: list(vllm_engine.generate_stream(prompts, GREEDY)))
+    assert sorted(i for i, _ in streamed) == list(range(9))
+    assert [r for _, r in sorted(streamed, key=lambda x: x[0])] == expected
+
+    def first_then_close() -> None:
+        stream = vllm_engine.generate_stream(prompts, {**GREEDY, "max_tokens": 200})
+        next(stream)
+        stream.close()  # the rest are aborted, not left running in the engine
+
+    in_thread(first_then_close)
+    assert not vllm_engine._llm.llm_engine.has_unfinished_requests()
+    assert in_thread(lambda: vllm_engine.generate(prompts[:2], GREEDY)) == expected[:2]
+
+
 def engine_processes() -> dict[int, str]:
     """This process's descendants that vLLM named ("VLLM::EngineCore", "VLLM::Worker")."""
     found = {}
