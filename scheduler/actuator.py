@@ -18,6 +18,7 @@ from ray.util.placement_group import PlacementGroup, placement_group, remove_pla
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from cluster.labels import NODE
+from workloads import serving
 from workloads.artifacts import store_actor
 from workloads.runner import NAMESPACE, WorkloadActor, WorkloadError, worker_name
 
@@ -103,7 +104,7 @@ def reserve(name: str, bundles: Sequence[BundleRequest]) -> tuple[PlacementGroup
 
 
 def start_workers(
-    pg: PlacementGroup,
+    pg: PlacementGroup | None,
     group: str,
     job: str,
     kind: str,
@@ -114,22 +115,31 @@ def start_workers(
     """One detached workload actor per bundle, each in its own bundle of `pg`.
 
     `contexts[i]`: what bundle i's workload is told beyond the spec (`WorkContext` fields).
+    Without `pg` (a Service: each replica's Serve application holds its bundle), each actor
+    is a keeper that holds nothing, pinned to its bundle's node.
     """
     workers = []
     for i, (b, context) in enumerate(zip(bundles, contexts, strict=True)):
         res = b.resources()
+        where: dict[str, Any] = (
+            {
+                "num_cpus": res.get("CPU", 0.0),
+                "num_gpus": res.get("GPU", 0.0),
+                "scheduling_strategy": PlacementGroupSchedulingStrategy(
+                    placement_group=pg, placement_group_bundle_index=i
+                ),
+            }
+            if pg is not None
+            else {"num_cpus": 0, "label_selector": {NODE: b.node}}
+        )
         workers.append(
             _Workload.options(
                 name=worker_name(group, i),
                 namespace=NAMESPACE,
                 lifetime="detached",
-                num_cpus=res.get("CPU", 0.0),
-                num_gpus=res.get("GPU", 0.0),
                 max_restarts=0,
                 max_concurrency=4,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(
-                    placement_group=pg, placement_group_bundle_index=i
-                ),
+                **where,
             ).remote(job, kind, spec, i, b.node, context)
         )
     return workers
@@ -254,6 +264,17 @@ def release_named(group: str, count: int) -> None:
     """Release a placement group and its workers found by name (orphans, cancellations)."""
     info = groups().get(group)
     release(group_handle(info["id"]) if info else None, find_workers(group, count))
+
+
+def delete_replicas(group: str, count: int) -> None:
+    """Delete a Service placement's replica applications from Serve (gone ones are skipped)."""
+    serving.delete_apps([serving.app_name(group, i) for i in range(count)])
+
+
+def delete_orphan_replicas(keep: dict[str, int]) -> None:
+    """Delete the replica applications of no placement in `keep` (group -> replicas)."""
+    wanted = {serving.app_name(g, i) for g, n in keep.items() for i in range(n)}
+    serving.delete_apps([a for a in serving.service_apps() if a not in wanted])
 
 
 def artifacts_missing(digests: Sequence[str]) -> list[str]:

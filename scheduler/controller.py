@@ -42,7 +42,7 @@ from scheduler.spec import JobSpec, parse_job
 from scheduler.store import JobRow, Principal, State, Store
 from scheduler.views import ApiError, job_view, node_views
 
-RUNNABLE_KINDS = frozenset({"Probe", "FineTune", "BatchInference"})
+RUNNABLE_KINDS = frozenset({"Probe", "FineTune", "BatchInference", "Service"})
 NODE_REFRESH_S = 30.0  # how often an alive node's last_seen is written
 # A bundle of a multi-bundle job that fails may only be the echo of a peer whose node died
 # (its collective call breaks first): the peers are asked whether they live, for at most this.
@@ -57,6 +57,9 @@ class Settings(BaseModel):
     loop_interval_s: float = 1.0  # the loop runs at least this often
     placement_timeout_s: float = 30.0  # a pinned group not ready by then is placed again
     log_interval_s: float = 1.0  # how often running workers are asked for new log lines
+    # callers of a public Service who are not of its community: requests a minute, and burst
+    serve_rate_per_minute: float = 600.0
+    serve_burst: float = 60.0
 
 
 @dataclass
@@ -94,6 +97,7 @@ class Active:
     logs_polled_at: float = 0.0
     progress: dict[str, Any] | None = None
     suspect: Suspect | None = None  # a failed bundle, judged once its peers answer
+    bundle_progress: dict[int, dict[str, Any]] = field(default_factory=dict)  # Service replicas
 
     @property
     def requests(self) -> list[actuator.BundleRequest]:
@@ -315,9 +319,12 @@ class MeshController(ControllerApi):
             attempt=attempt,
             data={"group": group},
         )
-        a.pg, a.ready_ref = actuator.reserve(group, a.requests)
         self.active[row.id] = a
         self.placed += 1
+        if a.kind == "Service":  # each replica's Serve application holds its own bundle
+            self._start(a)
+            return
+        a.pg, a.ready_ref = actuator.reserve(group, a.requests)
 
     def _start(self, a: Active) -> None:
         """The group is ready: start the workers; the job is RUNNING once they all answer."""
@@ -424,8 +431,10 @@ class MeshController(ControllerApi):
             new = got.get("lines") or []
             a.log_next[bundle] += len(new)
             lines += [(float(ts), str(line)) for ts, line in new]
-            if got.get("progress") and (progress is None or bundle == 0):
-                progress = got["progress"]
+            if got.get("progress"):
+                a.bundle_progress[bundle] = got["progress"]
+                if progress is None or bundle == 0:
+                    progress = got["progress"]
         if lines:
             self.store.append_logs(a.job, sorted(lines), a.log_next)
         if progress and progress != a.progress:
@@ -551,6 +560,8 @@ class MeshController(ControllerApi):
 
     def _release(self, a: Active) -> None:
         actuator.release(a.pg, a.workers)
+        if a.kind == "Service":
+            actuator.delete_replicas(a.group, len(a.bundles))
         self.active.pop(a.job, None)
 
     @staticmethod
@@ -576,11 +587,13 @@ class MeshController(ControllerApi):
                 demand=self._demand(row),
                 bundles=bundles,
                 group=group,
-                pg=actuator.group_handle(info["id"]) if info else None,
+                pg=actuator.group_handle(info["id"]) if info and row.kind != "Service" else None,
                 placed_at=row.updated_at,
                 started_at=row.started_at,
             )
             workers = actuator.find_workers(group, len(bundles))
+            if row.kind == "Service":  # no group of ours: its replicas' keepers must all live
+                info = {"id": None} if None not in workers else None
             if info is None or (row.state == State.RUNNING and None in workers):
                 a.workers = workers
                 gone = sorted(a.nodes() - set(self._nodes))
@@ -605,6 +618,9 @@ class MeshController(ControllerApi):
                 a.ready_ref = a.pg.ready()
         for name, info in found.items():
             actuator.release_named(name, info["bundles"])
+        actuator.delete_orphan_replicas(
+            {a.group: len(a.bundles) for a in self.active.values() if a.kind == "Service"}
+        )
 
     # --- what the API asks that needs the loop (the rest: ControllerApi) ------------------
 
@@ -695,6 +711,38 @@ class MeshController(ControllerApi):
 
     def api_nodes(self, p: Principal) -> tuple[int, Any]:
         return 200, {"nodes": node_views(self.store, list(self.active.values()), time.time())}
+
+    # --- for the /v1 front (workloads/serving_front.py) -----------------------------------
+
+    def serving_table(self) -> dict[str, Any]:
+        """The Services and their replicas that serve now, and the limits of public callers."""
+        services = []
+        for a in list(self.active.values()):
+            if a.kind != "Service" or a.started_at is None:
+                continue
+            section = a.spec.get("service", {})
+            replicas = [
+                {"app": p["app"], "node": p.get("node", a.bundles[i].node), "bundle": i}
+                for i, p in sorted(a.bundle_progress.items())
+                if p.get("state") == "serving" and a.workers[i] is not None
+            ]
+            services.append(
+                {
+                    "model": a.job,
+                    "community": a.job.split("/", 1)[0],
+                    "access": section.get("access", "community"),
+                    "adapters": [n.rsplit("/", 1)[-1] for n in section.get("adapters", [])],
+                    "replicas": replicas,
+                    "created": a.started_at,
+                }
+            )
+        return {
+            "services": services,
+            "limits": {
+                "rate_per_minute": self.settings.serve_rate_per_minute,
+                "burst": self.settings.serve_burst,
+            },
+        }
 
     # --- for deploy, tests and benchmarks ---------------------------------------------------
 

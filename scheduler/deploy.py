@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,12 @@ def start_services(
     from scheduler.api import api_app
 
     serve.run(api_app(), name=API_APP, route_prefix=API_PREFIX, blocking=False)
+    try:  # the OpenAI-compatible front of the Services (needs vLLM and ray.serve.llm)
+        from workloads.serving_front import FRONT_APP, front_app
+    except ImportError as e:
+        print(f"mesh: /v1 is not served: {e} (install the cpu or gpu extra)", file=sys.stderr)
+    else:
+        serve.run(front_app(), name=FRONT_APP, route_prefix="/", blocking=False)
     url = f"http://{host}:{port}{API_PREFIX}"
     deadline = time.monotonic() + READY_TIMEOUT_S
     while True:

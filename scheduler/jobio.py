@@ -148,6 +148,32 @@ def resolve_inputs(
                 )
             inputs["adapter"] = adapter
         inputs["input"] = _upload_ref(section.input, files, "batch.input", tree=False)
+    elif kind == "Service":
+        section = spec.service  # type: ignore[union-attr]
+        inputs["model"] = _model_input(store, section.model, files, "service.model")
+        inputs["adapters"] = []
+        short: dict[str, str] = {}
+        for i, name in enumerate(section.adapters):
+            where = f"service.adapters[{i}]"
+            adapter = _model_ref(store, name, "adapter", where)
+            if adapter["base_sha256"] not in (None, inputs["model"]["sha256"]):
+                raise ApiError(
+                    422,
+                    "adapter_mismatch",
+                    f"{where}: {name} was trained on another base model than {section.model}",
+                    "meshctl models show ADAPTER names its base model",
+                )
+            key = name.rsplit("/", 1)[-1]
+            if key in short:
+                raise ApiError(
+                    422,
+                    "adapter_name_taken",
+                    f"{where}: {name} and {short[key]} would both be requested as "
+                    f"{spec.job_id}:{key}",
+                    "serve adapters whose names (after the community) differ",
+                )
+            short[key] = name
+            inputs["adapters"].append(adapter)
     digests = _digests(inputs)
     for d in digests:
         if not may_read(store, p, d):

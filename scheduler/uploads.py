@@ -44,6 +44,9 @@ def local_refs(document: dict[str, Any], base_dir: Path) -> list[LocalRef]:
     batch = document.get("batch") or {}
     if isinstance(batch.get("model"), str) and is_local_path(batch["model"]):
         found.append(("batch.model", batch["model"], True))
+    service = document.get("service") or {}
+    if isinstance(service.get("model"), str) and is_local_path(service["model"]):
+        found.append(("service.model", service["model"], True))
     if isinstance(batch.get("input"), str) and not artifact_digest(batch["input"]):
         found.append(("batch.input", batch["input"], False))
     refs = []

@@ -87,8 +87,14 @@ def _workloads() -> dict[str, Workload]:
     from workloads.batch import run_batch
     from workloads.finetune import run_finetune
     from workloads.probe import run_probe
+    from workloads.serving import run_service
 
-    return {"Probe": run_probe, "FineTune": run_finetune, "BatchInference": run_batch}
+    return {
+        "Probe": run_probe,
+        "FineTune": run_finetune,
+        "BatchInference": run_batch,
+        "Service": run_service,
+    }
 
 
 class WorkloadActor:

@@ -110,7 +110,13 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
             load_cluster(CLUSTER_FILE).nodes,
             home=home,
             admin_token=token,
-            settings={"loop_interval_s": 0.5, "placement_timeout_s": 20, "log_interval_s": 0.5},
+            settings={
+                "loop_interval_s": 0.5,
+                "placement_timeout_s": 20,
+                "log_interval_s": 0.5,
+                "serve_rate_per_minute": 60,  # test_serving reaches the limit in one test
+                "serve_burst": 10,
+            },
             system_config=FAST,
         ) as (cluster, api),
         httpx.Client(timeout=30) as http,
