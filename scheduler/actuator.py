@@ -111,22 +111,24 @@ def start_workers(
     spec: dict[str, Any],
     bundles: Sequence[BundleRequest],
     contexts: Sequence[dict[str, Any]],
+    first: int = 0,
 ) -> list[Worker]:
     """One detached workload actor per bundle, each in its own bundle of `pg`.
 
     `contexts[i]`: what bundle i's workload is told beyond the spec (`WorkContext` fields).
+    The bundles are numbered from `first` (a Service replica placed again alone).
     Without `pg` (a Service: each replica's Serve application holds its bundle), each actor
     is a keeper that holds nothing, pinned to its bundle's node.
     """
     workers = []
-    for i, (b, context) in enumerate(zip(bundles, contexts, strict=True)):
+    for i, (b, context) in enumerate(zip(bundles, contexts, strict=True), start=first):
         res = b.resources()
         where: dict[str, Any] = (
             {
                 "num_cpus": res.get("CPU", 0.0),
                 "num_gpus": res.get("GPU", 0.0),
                 "scheduling_strategy": PlacementGroupSchedulingStrategy(
-                    placement_group=pg, placement_group_bundle_index=i
+                    placement_group=pg, placement_group_bundle_index=i - first
                 ),
             }
             if pg is not None
@@ -266,14 +268,14 @@ def release_named(group: str, count: int) -> None:
     release(group_handle(info["id"]) if info else None, find_workers(group, count))
 
 
-def delete_replicas(group: str, count: int) -> None:
-    """Delete a Service placement's replica applications from Serve (gone ones are skipped)."""
-    serving.delete_apps([serving.app_name(group, i) for i in range(count)])
+def delete_replica(group: str, bundle: int) -> None:
+    """Delete a Service replica's application from Serve (skipped when it is gone)."""
+    serving.delete_apps([serving.app_name(group, bundle)])
 
 
-def delete_orphan_replicas(keep: dict[str, int]) -> None:
-    """Delete the replica applications of no placement in `keep` (group -> replicas)."""
-    wanted = {serving.app_name(g, i) for g, n in keep.items() for i in range(n)}
+def delete_orphan_replicas(keep: set[tuple[str, int]]) -> None:
+    """Delete the replica applications of no (group, bundle) in `keep`."""
+    wanted = {serving.app_name(g, i) for g, i in keep}
     serving.delete_apps([a for a in serving.service_apps() if a not in wanted])
 
 

@@ -7,6 +7,7 @@ Each command parses, calls `scheduler.client.MeshClient`, and prints; none holds
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -106,6 +107,9 @@ def _when(ts: float | None, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
 
 
 def _progress_line(p: dict[str, Any]) -> str:
+    if "replicas" in p:  # a Service
+        where = ", ".join(f"{r['node']} {r['state']}" for r in p["replicas"])
+        return f"{p.get('serving', 0)} of {len(p['replicas'])} replicas serve ({where})"
     parts = []
     if "step" in p:
         parts.append(f"step {p['step']}/{p.get('total_steps', '?')}")
@@ -204,8 +208,45 @@ def submit(
             job = client.submit(document, files)
             _say(f"submitted {job['id']} ({job['state']})")
             submitted.append(job)
-        if (wait or follow) and not _wait_for(client, submitted, follow):
+        services = [j for j in submitted if j["kind"] == "Service"]
+        for job in services:
+            _wait_served(client, job["id"])
+        others = [j for j in submitted if j["kind"] != "Service"]
+        if (wait or follow) and others and not _wait_for(client, others, follow):
             raise typer.Exit(1)
+
+
+SERVE_TIMEOUT_S = 3600.0
+
+
+def _wait_served(client: MeshClient, job_id: str) -> None:
+    """Until every replica of a Service serves and the model answers a request at /v1."""
+    deadline = time.monotonic() + SERVE_TIMEOUT_S
+    try:
+        with out.status(f"{job_id}: placing") as status:
+            while True:
+                job = client.job(job_id)
+                if job["state"] in ("FAILED", "CANCELLED"):
+                    raise _fail(f"{job_id} {job['state']}: {job.get('reason') or ''}")
+                progress = job.get("progress") or {}
+                replicas = progress.get("replicas") or []
+                if replicas and progress.get("serving") == len(replicas):
+                    answer = client.complete(job_id, "Hello", max_tokens=1)
+                    if answer is not None:
+                        break
+                status.update(
+                    f"{job_id}: {job['state'].lower()}"
+                    + (f"; {_progress_line(progress)}" if replicas else "")
+                )
+                if time.monotonic() > deadline:
+                    raise _fail(f"{job_id} did not serve in {SERVE_TIMEOUT_S:g} s; it goes on")
+                time.sleep(1.0)
+    except KeyboardInterrupt:
+        raise _fail(
+            "stopped waiting; the Service goes on (`meshctl status` shows it)", 130
+        ) from None
+    _say(f"{job_id} serves: {_progress_line(progress)}")
+    _say(f"  POST {client.v1_url}/chat/completions with model {job_id!r}")
 
 
 class _Bytes:

@@ -80,13 +80,33 @@ def list_models(
     """
     with _mesh(api, token) as client:
         models = client.models(community)
+        why: str | None = None
+        try:
+            served = client.served()
+        except ClientError as e:
+            served, why = [], str(e)
+    if community:
+        served = [s for s in served if s.get("owned_by") == community]
     if as_json:
-        _print_json(models)
+        _print_json({"models": models, "served": served})
         return
+    if served:
+        t = Table("model", "access", "replicas", "nodes", title=f"Served at {client.v1_url}")
+        for card in served:
+            meta = card.get("metadata") or {}
+            t.add_row(
+                Text(card["id"]),
+                str(meta.get("access", "-")),
+                str(meta.get("replicas", "-")),
+                Text(", ".join(meta.get("nodes") or []) or "-"),
+            )
+        out.print(t)
+    elif why:
+        _say(f"(what serves is unknown: {why})")
     if not models:
         _say("No models. meshctl models import PATH registers one.")
         return
-    t = Table("name", "version", "kind", "base", "sha256", "registered")
+    t = Table("name", "version", "kind", "base", "sha256", "registered", title="Registered")
     for m in models:
         t.add_row(
             Text(m["name"]),

@@ -395,6 +395,39 @@ class MeshClient:
         result: dict[str, Any] = self._request("DELETE", f"/tokens/{token_id}")
         return result
 
+    # --- the OpenAI-compatible front (/v1) -------------------------------------------------
+
+    @property
+    def v1_url(self) -> str:
+        """The /v1 front beside the API (the API is at <server>/api/v1)."""
+        base = str(self._http.base_url).rstrip("/")
+        return (base[: -len("/api/v1")] if base.endswith("/api/v1") else base) + "/v1"
+
+    def served(self) -> list[dict[str, Any]]:
+        """GET /v1/models: the models this token may call, with where their replicas run."""
+        r = self._v1("GET", "/models")
+        if r.status_code != 200:
+            raise ClientError(f"GET {self.v1_url}/models: HTTP {r.status_code}: {r.text[:200]}")
+        data: list[dict[str, Any]] = r.json().get("data", [])
+        return data
+
+    def complete(self, model: str, prompt: str, max_tokens: int = 1) -> dict[str, Any] | None:
+        """POST /v1/completions; the answer, or None while the model does not answer (503)."""
+        body = {"model": model, "prompt": prompt, "max_tokens": max_tokens}
+        r = self._v1("POST", "/completions", body)
+        if r.status_code in (502, 503, 504):
+            return None
+        if r.status_code != 200:
+            raise ClientError(f"{model}: HTTP {r.status_code}: {r.text[:300]}")
+        answer: dict[str, Any] = r.json()
+        return answer
+
+    def _v1(self, method: str, path: str, body: Any = None) -> httpx.Response:
+        try:
+            return self._http.request(method, self.v1_url + path, json=body)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+            raise ClientError(self._unreachable(e)) from None
+
     # --- waiting ---------------------------------------------------------------------------
 
     def watch(

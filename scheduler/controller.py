@@ -13,6 +13,7 @@ restarted controller reloads it and reconciles with the placement groups it find
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import threading
 import time
@@ -42,6 +43,7 @@ from scheduler.spec import JobSpec, parse_job
 from scheduler.store import JobRow, Principal, State, Store
 from scheduler.views import ApiError, job_view, node_views
 
+REPLICA_MARK = "#"  # `job#k`: the policy's name for the lost replica k of a Service
 RUNNABLE_KINDS = frozenset({"Probe", "FineTune", "BatchInference", "Service"})
 NODE_REFRESH_S = 30.0  # how often an alive node's last_seen is written
 # A bundle of a multi-bundle job that fails may only be the echo of a peer whose node died
@@ -98,6 +100,8 @@ class Active:
     progress: dict[str, Any] | None = None
     suspect: Suspect | None = None  # a failed bundle, judged once its peers answer
     bundle_progress: dict[int, dict[str, Any]] = field(default_factory=dict)  # Service replicas
+    generations: list[int] = field(default_factory=list)  # Service: placements of each replica
+    missing: set[int] = field(default_factory=set)  # Service replicas lost, waiting for a node
 
     @property
     def requests(self) -> list[actuator.BundleRequest]:
@@ -114,7 +118,23 @@ class Active:
         return sum(len(a.gpus) * a.gpu_fraction for a in self.bundles)
 
     def nodes(self) -> set[str]:
-        return {a.node for a in self.bundles}
+        return {b.node for i, b in enumerate(self.bundles) if i not in self.missing}
+
+    def slot_group(self, bundle: int) -> str:
+        """The group a Service replica's keeper and application are named after: the
+        placement's, and `~g` once the replica was placed again for the g-th time."""
+        g = self.generations[bundle] if bundle < len(self.generations) else 0
+        return self.group if g == 0 else f"{self.group}~{g}"
+
+    def live_demand(self) -> JobDemand:
+        """The demand of the bundles held now (a Service's lost replicas hold nothing)."""
+        if not self.missing:
+            return self.demand
+        kept = len(self.bundles) - len(self.missing)
+        return dataclasses.replace(self.demand, bundles=self.demand.bundles[:kept])
+
+    def live_bundles(self) -> tuple[BundleAssignment, ...]:
+        return tuple(b for i, b in enumerate(self.bundles) if i not in self.missing)
 
 
 def _placement_json(bundles: tuple[BundleAssignment, ...]) -> list[dict[str, Any]]:
@@ -191,24 +211,30 @@ class MeshController(ControllerApi):
         lost = self._observe_nodes(now)
         for a in list(self.active.values()):
             gone = a.nodes() & lost or a.nodes() - set(self._nodes)
-            if gone:
+            if gone and a.kind == "Service" and a.started_at is not None:
+                for i, b in enumerate(a.bundles):
+                    if b.node in gone and i not in a.missing:
+                        self._replica_lost(a, i, f"node {b.node} was lost", now)
+            elif gone:
                 self._interrupt(a, f"node {', '.join(sorted(gone))} was lost", now)
         # 5. watch what is in flight
         self._progress(now)
         # 3. plan
         queued = self.store.queued()
-        if not queued:
+        replacing = self._replacements()
+        if not queued and not replacing:
             return
         snapshot = ClusterSnapshot(
             nodes=tuple(self._nodes.values()),
             community_weights=self.store.community_weights(),
         )
         queue = [QueuedJob(self._demand_of(job, run)) for job, run in queued]
+        queue += [QueuedJob(d) for d in replacing.values()]
         self._forget_specs({*queued, *((a.job, a.run) for a in self.active.values())})
         running = [
             RunningJob(
-                demand=a.demand,
-                bundles=a.bundles,
+                demand=a.live_demand(),
+                bundles=a.live_bundles(),
                 started_at=a.started_at or a.placed_at,
             )
             for a in self.active.values()
@@ -219,10 +245,15 @@ class MeshController(ControllerApi):
             if p.job in self.active:
                 self._requeue(self.active[p.job], State.PREEMPTED, p.reason, now)
         for placement in result.placements:
+            if placement.job in replacing:
+                job, _, bundle = placement.job.rpartition(REPLICA_MARK)
+                if job in self.active:
+                    self._replace(self.active[job], int(bundle), placement.bundles[0], now)
+                continue
             row = self.store.job(placement.job)
             if row is not None and row.state == State.QUEUED:
                 self._place(row, placement.bundles, now)
-        reasons = {w.job: list(w.reasons) for w in result.waiting}
+        reasons = {w.job: list(w.reasons) for w in result.waiting if w.job not in replacing}
         changed = {j: r for j, r in reasons.items() if self._waiting.get(j) != r}
         if changed:
             self.store.set_waiting(changed)
@@ -335,17 +366,19 @@ class MeshController(ControllerApi):
             observed.get(b.node) or (self._nodes[b.node].mtbf_h if b.node in self._nodes else None)
             for b in a.bundles
         )
+        if a.kind == "Service" and not a.generations:
+            a.generations = [0] * len(a.bundles)
         contexts = [
             {
                 "run": a.run,
                 "world": len(a.bundles),
-                "group": a.group,
+                "group": a.slot_group(i) if a.kind == "Service" else a.group,
                 "cpus": r.cpus,
                 "gpu_fraction": r.gpus,
                 "mtbf_s": mtbf_s,
                 "inputs": row.inputs if row else {},
             }
-            for r in a.requests
+            for i, r in enumerate(a.requests)
         ]
         a.workers = actuator.start_workers(
             a.pg, a.group, a.job, a.kind, a.spec, a.requests, contexts
@@ -401,7 +434,7 @@ class MeshController(ControllerApi):
                 self._ended_badly(a, bundle, result, now)
                 break
             else:
-                if a.job in self.active and not a.waits and a.workers:
+                if a.job in self.active and not a.waits and a.workers and not a.missing:
                     self._finish(a, now)
 
     def _collect_logs(self, a: Active, done: set[Any], now: float) -> None:
@@ -437,9 +470,83 @@ class MeshController(ControllerApi):
                     progress = got["progress"]
         if lines:
             self.store.append_logs(a.job, sorted(lines), a.log_next)
+        if a.kind == "Service" and a.bundle_progress:
+            progress = self._service_progress(a)
         if progress and progress != a.progress:
             a.progress = progress
             self.store.set_progress(a.job, progress)
+
+    # --- Service replicas -------------------------------------------------------------------
+
+    def _replacements(self) -> dict[str, JobDemand]:
+        """A one-bundle demand per lost Service replica, as `job#bundle`, to place again."""
+        found = {}
+        for a in self.active.values():
+            for i in sorted(a.missing):
+                found[f"{a.job}{REPLICA_MARK}{i}"] = dataclasses.replace(
+                    a.demand, job=f"{a.job}{REPLICA_MARK}{i}", bundles=a.demand.bundles[:1]
+                )
+        return found
+
+    def _replica_lost(self, a: Active, bundle: int, reason: str, now: float) -> None:
+        """One replica of a running Service is gone: the others serve on; it is placed again."""
+        if a.workers and a.workers[bundle] is not None:
+            actuator.release(None, [a.workers[bundle]])
+            a.workers[bundle] = None
+        actuator.delete_replica(a.slot_group(bundle), bundle)
+        a.waits = {r: i for r, i in a.waits.items() if i != bundle}
+        a.bundle_progress.pop(bundle, None)
+        a.missing.add(bundle)
+        self.store.append_logs(a.job, [(now, f"replica {bundle}: {reason}; placing it again")])
+        self._store_service_progress(a)
+        self._wake.set()
+
+    def _replace(self, a: Active, bundle: int, where: BundleAssignment, now: float) -> None:
+        """Start a lost replica again where the plan put it."""
+        a.missing.discard(bundle)
+        a.generations[bundle] += 1
+        a.bundles = a.bundles[:bundle] + (where,) + a.bundles[bundle + 1 :]
+        row = self.store.job(a.job)
+        request = a.requests[bundle]
+        context = {
+            "run": a.run,
+            "world": len(a.bundles),
+            "group": a.slot_group(bundle),
+            "cpus": request.cpus,
+            "gpu_fraction": request.gpus,
+            "mtbf_s": None,
+            "inputs": row.inputs if row else {},
+        }
+        [worker] = actuator.start_workers(
+            None, a.slot_group(bundle), a.job, a.kind, a.spec, [request], [context], first=bundle
+        )
+        a.workers[bundle] = worker
+        a.log_next[bundle] = 0
+        [ref] = actuator.waits([worker])
+        a.waits[ref] = bundle
+        self.store.append_logs(a.job, [(now, f"replica {bundle}: placed again on {where.node}")])
+        self._store_service_progress(a)
+
+    def _store_service_progress(self, a: Active) -> None:
+        a.progress = self._service_progress(a)
+        self.store.set_progress(a.job, a.progress)
+
+    @staticmethod
+    def _service_progress(a: Active) -> dict[str, Any]:
+        """A Service's progress: each replica's node and state, and how many serve."""
+        replicas = [
+            {
+                "replica": i,
+                "node": b.node,
+                "state": "lost"
+                if i in a.missing
+                else a.bundle_progress.get(i, {}).get("state", "placed"),
+                "app": a.bundle_progress.get(i, {}).get("app"),
+            }
+            for i, b in enumerate(a.bundles)
+        ]
+        serving = sum(r["state"] == "serving" for r in replicas)
+        return {"serving": serving, "replicas": replicas}
 
     def _finish(self, a: Active, now: float) -> None:
         if a.alive_refs:  # ended before its start was seen: it ran all the same
@@ -495,6 +602,10 @@ class MeshController(ControllerApi):
 
     def _ended_badly(self, a: Active, bundle: int, result: actuator.Outcome, now: float) -> None:
         node = a.bundles[bundle].node
+        if a.kind == "Service" and result.lost and a.started_at is not None:
+            why = f"node {node} was lost" if node not in self._nodes else "its keeper died"
+            self._replica_lost(a, bundle, why, now)
+            return
         if result.lost and node not in self._nodes:
             self._interrupt(a, f"node {node} was lost", now)
             return
@@ -561,7 +672,8 @@ class MeshController(ControllerApi):
     def _release(self, a: Active) -> None:
         actuator.release(a.pg, a.workers)
         if a.kind == "Service":
-            actuator.delete_replicas(a.group, len(a.bundles))
+            for i in range(len(a.bundles)):
+                actuator.delete_replica(a.slot_group(i), i)
         self.active.pop(a.job, None)
 
     @staticmethod
@@ -619,7 +731,12 @@ class MeshController(ControllerApi):
         for name, info in found.items():
             actuator.release_named(name, info["bundles"])
         actuator.delete_orphan_replicas(
-            {a.group: len(a.bundles) for a in self.active.values() if a.kind == "Service"}
+            {
+                (a.slot_group(i), i)
+                for a in self.active.values()
+                if a.kind == "Service"
+                for i in range(len(a.bundles))
+            }
         )
 
     # --- what the API asks that needs the loop (the rest: ControllerApi) ------------------
@@ -650,6 +767,13 @@ class MeshController(ControllerApi):
                 "unsupported_kind",
                 f"kind {spec.kind.value} cannot run on this mesh yet",
                 f"kinds that run here: {', '.join(sorted(RUNNABLE_KINDS))}",
+            )
+        if spec.kind.value == "Service" and spec.service.engine.value != "vllm":  # type: ignore[union-attr]
+            raise ApiError(
+                422,
+                "unsupported_engine",
+                "a Service serves with the vllm engine only",
+                "set service.engine: vllm (transformers runs BatchInference jobs)",
             )
         self._check_fits(spec)
         inputs = resolve_inputs(self.store, p, spec, files or {}, actuator.artifacts_missing)

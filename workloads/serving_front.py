@@ -64,6 +64,7 @@ FIRST_BYTE_TIMEOUT_S = 300.0
 ADAPTER_SPILL = 8
 MAX_IN_FLIGHT = 2 * MAX_ONGOING_REQUESTS
 ATTEMPTS = 3
+GONE_CHECK_S = 0.5  # while a request waits for its first byte, how often its replica is checked
 # a replica that fails with one of these before its first byte is skipped, the request retried
 REPLICA_GONE = (
     RayActorError,
@@ -89,6 +90,10 @@ def _error(status: int, code: str, message: str, retry_after: float | None = Non
         status_code=status,
         headers=headers,
     )
+
+
+class ReplicaLeft(Exception):
+    """The replica a request waits on left the table."""
 
 
 class Refused(Exception):
@@ -120,6 +125,7 @@ class Replica:
     node: str
     in_flight: int = 0
     skip_until: float = 0.0
+    gone: bool = False  # the controller no longer lists it (its node died, it was removed)
 
 
 @dataclass
@@ -200,6 +206,10 @@ class MeshFront(OpenAiIngress):
                     ],
                     created=entry["created"],
                 )
+            kept = {r.app for s in served.values() for r in s.replicas}
+            for old in self._served.values():
+                for r in old.replicas:
+                    r.gone = r.app not in kept
             self._served = served
             self._table_at = time.monotonic()
             return served
@@ -315,7 +325,7 @@ class MeshFront(OpenAiIngress):
                     continue
                 stream = getattr(handle, call_method).remote(body, None)
                 try:
-                    first = await asyncio.wait_for(stream.__anext__(), FIRST_BYTE_TIMEOUT_S)
+                    first = await self._first(stream, replica)
                 except StopAsyncIteration:
                     return
                 except TimeoutError:
@@ -327,7 +337,7 @@ class MeshFront(OpenAiIngress):
                             f"no answer from {served.model} in {FIRST_BYTE_TIMEOUT_S:g} s",
                         )
                     ) from None
-                except REPLICA_GONE:
+                except (*REPLICA_GONE, ReplicaLeft):
                     replica.skip_until = time.monotonic() + SKIP_S
                     continue
                 yield first
@@ -339,6 +349,23 @@ class MeshFront(OpenAiIngress):
         raise Refused(
             _error(503, "overloaded", f"every replica of {served.model} is busy or down", 1)
         )
+
+    async def _first(self, stream: Any, replica: Replica) -> Any:
+        """The stream's first item; ReplicaLeft as soon as the controller drops the replica
+        (a pinned replica whose node died never answers: Serve waits for it forever)."""
+        task = asyncio.ensure_future(stream.__anext__())
+        deadline = time.monotonic() + FIRST_BYTE_TIMEOUT_S
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=GONE_CHECK_S)
+            if done:
+                return task.result()
+            await self._table()
+            if replica.gone or time.monotonic() > deadline:
+                task.cancel()
+                stream.cancel()
+                if replica.gone:
+                    raise ReplicaLeft(replica.app)
+                raise TimeoutError
 
     def _handle(self, app: str, multiplexed: str) -> Any:
         """A streaming handle to a replica's application, kept (handles are costly to make)."""
@@ -388,7 +415,11 @@ class MeshFront(OpenAiIngress):
                         owned_by=s.community,
                         created=int(s.created),
                         permission=[],
-                        metadata={"access": s.access, "replicas": len(s.replicas)},
+                        metadata={
+                            "access": s.access,
+                            "replicas": len(s.replicas),
+                            "nodes": [r.node for r in s.replicas],
+                        },
                     )
                 )
         return ModelList(data=cards)

@@ -17,11 +17,12 @@ import httpx
 import openai
 import pytest
 import ray
+import yaml
 
 from cluster.labels import NODE
 from scheduler.cluster import Gpu
 from tests.integration.conftest import TERMINAL, Mesh
-from tests.integration.test_workloads import extra_nodes, meshctl, register, write_job
+from tests.integration.test_workloads import extra_nodes, meshctl, register
 from tests.tiny_llama import build_tiny_llama
 from workloads.serving import APP_PREFIX
 
@@ -113,12 +114,18 @@ def services(mesh: Mesh, tmp_path_factory: pytest.TempPathFactory) -> Iterator[d
         BASE,
     )
     with extra_nodes(mesh, Gpu(0, "T4", 16.0, (7, 5)), "sv-a", "sv-b"):
-        meshctl(
-            mesh,
-            "submit",
-            write_job(folder, service_doc("sv-open", "public", ["bio-ml/sv-swahili"])),
+        jobs = folder / "services.yaml"
+        jobs.write_text(
+            yaml.safe_dump(service_doc("sv-open", "public", ["bio-ml/sv-swahili"]))
+            + "---\n"
+            + yaml.safe_dump(service_doc("sv-members", "community", []))
         )
-        meshctl(mesh, "submit", write_job(folder, service_doc("sv-members", "community", [])))
+        said = meshctl(mesh, "submit", jobs)  # returns once both answer
+        assert f"{OPEN} serves: 1 of 1 replicas serve (sv-" in said
+        assert f"{MEMBERS} serves" in said
+        listed = meshctl(mesh, "models", "list")
+        assert OPEN in listed
+        assert "public" in listed
         tokens = {
             "member": member_token(mesh, "bio-ml"),
             "other": member_token(mesh, "quechua-lm"),

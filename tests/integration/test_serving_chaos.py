@@ -1,0 +1,140 @@
+"""A Service keeps answering while a volunteer's node vanishes under load.
+
+Two replicas of the tiny Llama on two volunteers (one A10 each, exclusive: one replica per GPU),
+a third volunteer spare. A separate process loads the public model with the official `openai`
+client (its own retries) for 30 s; 10 s in, the node of one replica is SIGKILLed. At least 99% of
+the requests must succeed, and the controller places the lost replica on the spare volunteer.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from scheduler.cluster import Gpu
+from tests.integration.conftest import TERMINAL, Mesh
+from tests.integration.test_workloads import extra_nodes, meshctl, register
+from tests.tiny_llama import build_tiny_llama
+
+pytestmark = pytest.mark.integration
+
+BASE = "bio-ml/ha-tiny"
+SERVICE = "bio-ml/ha-chat"
+LOAD_S = 30.0
+KILL_AFTER_S = 10.0
+BACK_TIMEOUT_S = 300.0
+
+LOAD = """
+import json, sys, threading, time
+import openai
+
+url, model, seconds, out = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
+client = openai.OpenAI(base_url=url, api_key="anyone", max_retries=6, timeout=60)
+results, lock = [], threading.Lock()
+end = time.monotonic() + seconds
+
+def user(k):
+    n = 0
+    while time.monotonic() < end:
+        n += 1
+        started = time.monotonic()
+        try:
+            r = client.chat.completions.create(
+                model=model, max_tokens=4, temperature=0,
+                messages=[{"role": "user", "content": f"habari {k} {n}"}],
+            )
+            ok, why = bool(r.choices[0].message.content), ""
+        except Exception as e:
+            ok, why = False, f"{type(e).__name__}: {e}"[:300]
+        with lock:
+            results.append({"ok": ok, "why": why, "s": time.monotonic() - started})
+
+threads = [threading.Thread(target=user, args=(k,)) for k in range(4)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+json.dump(results, open(out, "w"))
+"""
+
+
+def service_doc() -> dict[str, object]:
+    return {
+        "apiVersion": "mesh/v1",
+        "kind": "Service",
+        "name": "ha-chat",
+        "community": "bio-ml",
+        "resources": {
+            "gpus": 1,
+            "cpus": 0.5,
+            "memory_gb": 4,
+            "exclusive": True,  # one replica per GPU: the two land on two volunteers
+            "gpu_types": ["A10"],
+        },
+        "service": {
+            "model": BASE,
+            "access": "public",
+            "replicas": {"min": 2},
+            "max_model_len": 128,
+        },
+    }
+
+
+def replicas(mesh: Mesh) -> list[dict[str, object]]:
+    job = mesh.job(SERVICE)
+    assert job["state"] not in TERMINAL, job
+    found: list[dict[str, object]] = (job.get("progress") or {}).get("replicas") or []
+    return found
+
+
+def test_a_service_answers_through_a_node_kill_and_gets_its_replica_back(
+    mesh: Mesh, tmp_path: Path
+) -> None:
+    register(mesh, build_tiny_llama(tmp_path / "tiny"), BASE, source="tests")
+    with extra_nodes(mesh, Gpu(0, "A10", 24.0, (8, 6)), "ha-a", "ha-b") as nodes:
+        job_file = tmp_path / "service.yaml"
+        job_file.write_text(yaml.safe_dump(service_doc()))
+        try:
+            meshctl(mesh, "submit", job_file)  # returns once both replicas answer
+            before = replicas(mesh)
+            assert sorted(str(r["node"]) for r in before) == ["ha-a", "ha-b"]
+            assert {r["state"] for r in before} == {"serving"}
+            with extra_nodes(mesh, Gpu(0, "A10", 24.0, (8, 6)), "ha-spare"):
+                out = tmp_path / "load.json"
+                url = mesh.api.rsplit("/api/v1", 1)[0] + "/v1"
+                load = subprocess.Popen(
+                    [sys.executable, "-c", LOAD, url, SERVICE, str(LOAD_S), str(out)]
+                )
+                time.sleep(KILL_AFTER_S)
+                victim = str(before[1]["node"])
+                mesh.cluster.remove_node(nodes[victim], allow_graceful=False)  # SIGKILL
+                killed = time.monotonic()
+                assert load.wait(timeout=LOAD_S + 300) == 0
+                results = json.loads(out.read_text())
+                ok = sum(r["ok"] for r in results)
+                failures = [r["why"] for r in results if not r["ok"]]
+                slowest = max(r["s"] for r in results)
+                print(f"chaos: {ok}/{len(results)} requests succeeded, slowest {slowest:.1f} s")
+                assert len(results) >= 20, results
+                assert ok / len(results) >= 0.99, (ok, len(results), failures[:5])
+
+                deadline = time.monotonic() + BACK_TIMEOUT_S
+                while True:
+                    now = replicas(mesh)
+                    if [r["state"] for r in now] == ["serving", "serving"]:
+                        break
+                    assert time.monotonic() < deadline, now
+                    time.sleep(1.0)
+                print(f"chaos: two replicas serve again {time.monotonic() - killed:.0f} s after")
+                survivor = str(before[0]["node"])
+                assert sorted(str(r["node"]) for r in now) == sorted([survivor, "ha-spare"])
+                logs = meshctl(mesh, "logs", SERVICE)
+                assert f"node {victim} was lost; placing it again" in logs
+        finally:
+            mesh.http.delete(f"{mesh.api}/jobs/{SERVICE}", headers=mesh.headers())
