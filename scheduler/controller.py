@@ -14,6 +14,7 @@ restarted controller reloads it and reconciles with the placement groups it find
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import threading
 import time
@@ -43,6 +44,7 @@ from scheduler.spec import JobSpec, parse_job
 from scheduler.store import JobRow, Principal, State, Store
 from scheduler.views import ApiError, job_view, node_views
 
+LOAD_STALE_S = 5.0  # a Service's load not reported for this long counts as none
 REPLICA_MARK = "#"  # `job#k`: the policy's name for the lost replica k of a Service
 RUNNABLE_KINDS = frozenset({"Probe", "FineTune", "BatchInference", "Service"})
 NODE_REFRESH_S = 30.0  # how often an alive node's last_seen is written
@@ -62,6 +64,10 @@ class Settings(BaseModel):
     # callers of a public Service who are not of its community: requests a minute, and burst
     serve_rate_per_minute: float = 600.0
     serve_burst: float = 60.0
+    # a Service scales to ceil(requests in flight / replicas.target_ongoing_requests) replicas,
+    # between replicas.min and max, once the load has asked for it this long
+    serve_upscale_delay_s: float = 10.0
+    serve_downscale_delay_s: float = 120.0
 
 
 @dataclass
@@ -102,6 +108,7 @@ class Active:
     bundle_progress: dict[int, dict[str, Any]] = field(default_factory=dict)  # Service replicas
     generations: list[int] = field(default_factory=list)  # Service: placements of each replica
     missing: set[int] = field(default_factory=set)  # Service replicas lost, waiting for a node
+    scaling: tuple[int, float] | None = None  # Service: (replicas the load asks for, since)
 
     @property
     def requests(self) -> list[actuator.BundleRequest]:
@@ -115,7 +122,7 @@ class Active:
         ]
 
     def gpus_held(self) -> float:
-        return sum(len(a.gpus) * a.gpu_fraction for a in self.bundles)
+        return sum(len(a.gpus) * a.gpu_fraction for a in self.live_bundles())
 
     def nodes(self) -> set[str]:
         return {b.node for i, b in enumerate(self.bundles) if i not in self.missing}
@@ -165,6 +172,7 @@ class MeshController(ControllerApi):
         self._known_alive: set[str] | None = None
         self._ignored: set[str] = set()  # Ray nodes without mesh labels, reported once
         self._waiting: dict[str, list[str]] = {}  # the reasons last written, per job
+        self._load: dict[str, tuple[float, int]] = {}  # Service -> (when, requests in flight)
         self._lock = threading.RLock()
         self._wake = threading.Event()
         self.rounds = 0
@@ -219,6 +227,7 @@ class MeshController(ControllerApi):
                 self._interrupt(a, f"node {', '.join(sorted(gone))} was lost", now)
         # 5. watch what is in flight
         self._progress(now)
+        self._autoscale(now)
         # 3. plan
         queued = self.store.queued()
         replacing = self._replacements()
@@ -477,6 +486,72 @@ class MeshController(ControllerApi):
             self.store.set_progress(a.job, progress)
 
     # --- Service replicas -------------------------------------------------------------------
+
+    def _autoscale(self, now: float) -> None:
+        """Each running Service towards the replicas its load asks for (see Settings)."""
+        for a in list(self.active.values()):
+            if a.kind != "Service" or a.started_at is None or a.suspect is not None:
+                continue
+            replicas = a.spec.get("service", {}).get("replicas", {})
+            low = int(replicas.get("min", 1))
+            high = int(replicas.get("max", low))
+            if high == low:
+                continue
+            seen, in_flight = self._load.get(a.job, (0.0, 0))
+            if now - seen > LOAD_STALE_S:
+                in_flight = 0
+            target = max(1, int(replicas.get("target_ongoing_requests", 8)))
+            want = min(high, max(low, math.ceil(in_flight / target)))
+            have = len(a.bundles)
+            if want == have:
+                a.scaling = None
+                continue
+            if a.scaling is None or a.scaling[0] != want:
+                a.scaling = (want, now)
+                continue
+            delay = (
+                self.settings.serve_upscale_delay_s
+                if want > have
+                else self.settings.serve_downscale_delay_s
+            )
+            if now - a.scaling[1] < delay:
+                continue
+            a.scaling = None
+            why = f"{in_flight} requests in flight, {target} per replica"
+            if want > have:
+                self._scale_up(a, want - have, why, now)
+            else:
+                self._scale_down(a, have - want, why, now)
+
+    def _scale_up(self, a: Active, count: int, why: str, now: float) -> None:
+        """Ask the scheduler for `count` more replicas: placed as lost ones are."""
+        first = len(a.bundles)
+        a.bundles += (a.bundles[0],) * count  # placeholders until the plan places them
+        a.demand = dataclasses.replace(a.demand, bundles=(a.demand.bundles[0],) * len(a.bundles))
+        a.generations += [0] * count
+        a.workers += [None] * count
+        a.log_next += [0] * count
+        a.missing.update(range(first, first + count))
+        self.store.append_logs(a.job, [(now, f"scaling up to {len(a.bundles)} replicas ({why})")])
+        self._store_service_progress(a)
+        self._wake.set()
+
+    def _scale_down(self, a: Active, count: int, why: str, now: float) -> None:
+        """Stop the last `count` replicas (those still waiting for a node first)."""
+        keep = len(a.bundles) - count
+        for i in range(keep, len(a.bundles)):
+            if i not in a.missing:
+                if a.workers[i] is not None:
+                    actuator.release(None, [a.workers[i]])
+                actuator.delete_replica(a.slot_group(i), i)
+            a.missing.discard(i)
+            a.bundle_progress.pop(i, None)
+        a.waits = {r: i for r, i in a.waits.items() if i < keep}
+        a.bundles = a.bundles[:keep]
+        a.demand = dataclasses.replace(a.demand, bundles=a.demand.bundles[:keep])
+        del a.generations[keep:], a.workers[keep:], a.log_next[keep:]
+        self.store.append_logs(a.job, [(now, f"scaling down to {keep} replicas ({why})")])
+        self._store_service_progress(a)
 
     def _replacements(self) -> dict[str, JobDemand]:
         """A one-bundle demand per lost Service replica, as `job#bundle`, to place again."""
@@ -838,8 +913,15 @@ class MeshController(ControllerApi):
 
     # --- for the /v1 front (workloads/serving_front.py) -----------------------------------
 
-    def serving_table(self) -> dict[str, Any]:
-        """The Services and their replicas that serve now, and the limits of public callers."""
+    def serving_table(self, load: dict[str, int] | None = None) -> dict[str, Any]:
+        """The Services and their replicas that serve now, and the limits of public callers.
+
+        `load`: the requests in flight per Service at the front, which asks every second or so
+        while requests come (the autoscaler's input; none heard of for LOAD_STALE_S is none).
+        """
+        now = time.time()
+        for model, in_flight in (load or {}).items():
+            self._load[model] = (now, int(in_flight))
         services = []
         for a in list(self.active.values()):
             if a.kind != "Service" or a.started_at is None:

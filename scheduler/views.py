@@ -46,6 +46,8 @@ def node_views(store: Store, active: Iterable[Active], now: float) -> list[dict[
     allocations: dict[str, list[dict[str, Any]]] = {}
     for a in active:
         for i, (b, d) in enumerate(zip(a.bundles, a.demand.bundles, strict=True)):
+            if i in a.missing:  # a Service replica waiting for a node holds nothing
+                continue
             allocations.setdefault(b.node, []).append(
                 {
                     "job": a.job,

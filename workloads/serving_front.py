@@ -187,7 +187,8 @@ class MeshFront(OpenAiIngress):
             if now - self._table_at < TABLE_TTL_S:
                 return self._served
             try:
-                table = await self._ask("serving_table")
+                load = {m: sum(r.in_flight for r in x.replicas) for m, x in self._served.items()}
+                table = await self._ask("serving_table", load)
             except (RayActorError, ValueError):
                 return self._served  # the controller restarts: serve from what was known
             self._limits = table["limits"]

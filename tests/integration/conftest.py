@@ -116,6 +116,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
                 "log_interval_s": 0.5,
                 "serve_rate_per_minute": 60,  # test_serving reaches the limit in one test
                 "serve_burst": 10,
+                "serve_upscale_delay_s": 2,  # test_serving_chaos scales a Service up and down
+                "serve_downscale_delay_s": 5,
             },
             system_config=FAST,
         ) as (cluster, api),
