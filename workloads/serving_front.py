@@ -165,6 +165,7 @@ class MeshFront(OpenAiIngress):
         self._buckets: dict[str, Bucket] = {}
         self._handles: dict[tuple[str, str], Any] = {}  # (app, multiplexed id) -> handle
         self._lock = asyncio.Lock()
+        self._refreshing: asyncio.Future[None] | None = None
 
     # --- what serves where -------------------------------------------------------------------
 
@@ -179,18 +180,23 @@ class MeshFront(OpenAiIngress):
             self._controller = None
             raise
 
-    async def _table(self) -> dict[str, Served]:
-        now = time.monotonic()
-        if now - self._table_at < TABLE_TTL_S:
-            return self._served
+    async def _table(self, fresh: bool = False) -> dict[str, Served]:
+        """What serves where. Older than TABLE_TTL_S, it is refreshed in the background and
+        requests go on with what is known; `fresh` (a model not known yet) waits for it."""
+        if time.monotonic() - self._table_at >= TABLE_TTL_S:
+            if self._refreshing is None or self._refreshing.done():
+                self._refreshing = asyncio.ensure_future(self._refresh())
+            if fresh or self._table_at == -math.inf:
+                await asyncio.shield(self._refreshing)
+        return self._served
+
+    async def _refresh(self) -> None:
         async with self._lock:
-            if now - self._table_at < TABLE_TTL_S:
-                return self._served
             try:
                 load = {m: sum(r.in_flight for r in x.replicas) for m, x in self._served.items()}
                 table = await self._ask("serving_table", load)
             except (RayActorError, ValueError):
-                return self._served  # the controller restarts: serve from what was known
+                return  # the controller restarts: serve from what was known
             self._limits = table["limits"]
             served: dict[str, Served] = {}
             for entry in table["services"]:
@@ -213,7 +219,6 @@ class MeshFront(OpenAiIngress):
                     r.gone = r.app not in kept
             self._served = served
             self._table_at = time.monotonic()
-            return served
 
     async def _caller(self, request: Request) -> tuple[dict[str, Any] | None, bool]:
         """(the token's principal {"name", "community", "role"}, whether a token was sent that
@@ -247,7 +252,7 @@ class MeshFront(OpenAiIngress):
         if not model:
             raise Refused(_error(400, "model_required", "name a model: GET /v1/models lists them"))
         base, _, adapter = model.partition(":")
-        served = (await self._table()).get(base)
+        served = (await self._table()).get(base) or (await self._table(fresh=True)).get(base)
         who, invalid = await self._caller(request)
         member = served is not None and self._member(who, served.community)
         if served is None or (served.access != "public" and not member):
