@@ -34,7 +34,10 @@ from workloads.runner import WorkContext, WorkloadError
 
 APP_PREFIX = "mesh-svc."
 START_TIMEOUT_S = 1800.0  # engine start on a slow volunteer (model load, vLLM profiling)
-WATCH_S = 2.0  # how often a keeper asks Serve how its application is
+# how often a keeper asks Serve how its application is, once it serves (each ask costs the Serve
+# controller work; a lost node is noticed by the mesh's controller, not by this)
+WATCH_S = 10.0
+START_POLL_S = 1.0  # and while it starts
 BROKEN_GRACE_S = 30.0  # an application unhealthy this long fails the replica
 
 
@@ -120,7 +123,7 @@ def run_service(ctx: WorkContext) -> dict[str, Any]:
             raise WorkloadError(
                 f"replica {ctx.bundle} on {ctx.node} did not start in {START_TIMEOUT_S:g} s"
             )
-        time.sleep(WATCH_S / 2)
+        time.sleep(START_POLL_S)
     ready_s = time.monotonic() - started
     ctx.log(f"replica {ctx.bundle} on {ctx.node} serves ({ready_s:.1f} s after placement)")
     ctx.report_progress(state="serving", app=name, node=ctx.node, ready_s=round(ready_s, 1))
