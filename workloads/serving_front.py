@@ -64,6 +64,7 @@ FIRST_BYTE_TIMEOUT_S = 300.0
 ADAPTER_SPILL = 8
 MAX_IN_FLIGHT = 2 * MAX_ONGOING_REQUESTS
 ATTEMPTS = 3
+MAX_BUCKETS = 100_000  # rate-limit buckets kept before quiet callers' are dropped
 GONE_CHECK_S = 0.5  # while a request waits for its first byte, how often its replica is checked
 # a replica that fails with one of these before its first byte is skipped, the request retried
 REPLICA_GONE = (
@@ -290,6 +291,8 @@ class MeshFront(OpenAiIngress):
             address = request.client.host if request.client else "?"
             key = f"token:{who['name']}" if who else f"addr:{address}"
             now = time.monotonic()
+            if len(self._buckets) > MAX_BUCKETS:  # forget callers quiet for a minute
+                self._buckets = {k: b for k, b in self._buckets.items() if now - b.stamp < 60}
             bucket = self._buckets.setdefault(key, Bucket(self._limits["burst"], now))
             wait = bucket.take(self._limits["rate_per_minute"] / 60.0, self._limits["burst"], now)
             if wait:

@@ -173,6 +173,11 @@ def test_the_openai_client_lists_completes_chats_and_streams(
     assert len([p for p in pieces if p]) > 1  # more than one chunk carried text
     assert "".join(pieces) == said  # greedy: the stream says what the whole answer said
 
+    default = c.completions.create(model=OPEN, prompt=PROMPT)  # the Service's sampling
+    assert default.usage is not None
+    assert default.usage.completion_tokens <= 8  # its max_tokens: 8
+    assert default.choices[0].text == done.choices[0].text[: len(default.choices[0].text)]
+
     tuned = c.completions.create(
         model=f"{OPEN}:sv-swahili", prompt=PROMPT, max_tokens=8, temperature=0
     )
