@@ -843,13 +843,6 @@ class MeshController(ControllerApi):
                 f"kind {spec.kind.value} cannot run on this mesh yet",
                 f"kinds that run here: {', '.join(sorted(RUNNABLE_KINDS))}",
             )
-        if spec.kind.value == "Service" and spec.service.engine.value != "vllm":  # type: ignore[union-attr]
-            raise ApiError(
-                422,
-                "unsupported_engine",
-                "a Service serves with the vllm engine only",
-                "set service.engine: vllm (transformers runs BatchInference jobs)",
-            )
         self._check_fits(spec)
         inputs = resolve_inputs(self.store, p, spec, files or {}, actuator.artifacts_missing)
         row = self.store.submit(

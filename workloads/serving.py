@@ -33,6 +33,7 @@ from workloads.fetch import input_path
 from workloads.runner import WorkContext, WorkloadError
 
 APP_PREFIX = "mesh-svc."
+DEFAULT_MAX_MODEL_LEN = 2048  # when the Service does not say
 START_TIMEOUT_S = 1800.0  # engine start on a slow volunteer (model load, vLLM profiling)
 # how often a keeper asks Serve how its application is, once it serves (each ask costs the Serve
 # controller work; a lost node is noticed by the mesh's controller, not by this)
@@ -92,26 +93,42 @@ def run_service(ctx: WorkContext) -> dict[str, Any]:
         for a in ctx.inputs.get("adapters", [])
     }
     on_gpu = _has_cuda()
-    from workloads.serving_replica import llm_config, replica_app
+    if section.engine.value == "transformers":
+        from workloads.serving_hf import hf_replica_app
 
-    config = llm_config(
-        model_id=ctx.job,
-        model_dir=model_dir,
-        adapters=adapters,
-        section=section,
-        node=ctx.node,
-        cpus=ctx.cpus,
-        gpus=ctx.gpu_fraction,
-        on_gpu=on_gpu,
-    )
+        app = hf_replica_app(
+            model_dir=model_dir,
+            adapters=adapters,
+            max_model_len=section.max_model_len or DEFAULT_MAX_MODEL_LEN,
+            defaults=section.sampling.model_dump(mode="json"),
+            node=ctx.node,
+            cpus=ctx.cpus,
+            gpus=ctx.gpu_fraction,
+            name=f"replica-{ctx.job.replace('/', '--')}",
+        )
+    else:
+        from workloads.serving_replica import llm_config, replica_app
+
+        config = llm_config(
+            model_id=ctx.job,
+            model_dir=model_dir,
+            adapters=adapters,
+            section=section,
+            node=ctx.node,
+            cpus=ctx.cpus,
+            gpus=ctx.gpu_fraction,
+            on_gpu=on_gpu,
+        )
+        app = replica_app(config, adapters)
     ctx.log(
-        f"replica {ctx.bundle} on {ctx.node}: {name}, {'GPU' if on_gpu else 'CPU'}, "
+        f"replica {ctx.bundle} on {ctx.node}: {name}, {section.engine.value} on "
+        f"{'GPU' if on_gpu else 'CPU'}, "
         f"{len(adapters)} adapters; model fetched in {time.monotonic() - started:.1f} s"
     )
     ctx.report_progress(state="starting", app=name, node=ctx.node)
     # serve.run would block until the application runs; _run(_blocking=False) returns at once
     # so that the keeper reports progress and bounds the start
-    serve_api._run(replica_app(config, adapters), name=name, route_prefix=None, _blocking=False)
+    serve_api._run(app, name=name, route_prefix=None, _blocking=False)
     deadline = time.monotonic() + START_TIMEOUT_S
     while True:
         status, message = _status(name)

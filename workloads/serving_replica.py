@@ -19,9 +19,9 @@ from ray.serve.llm import LLMConfig, build_llm_deployment
 from cluster.labels import NODE
 from scheduler.spec_sections import ServiceSection
 from workloads.runner import WorkloadError
+from workloads.serving import DEFAULT_MAX_MODEL_LEN
 
 MAX_ONGOING_REQUESTS = 64  # per replica; the front answers 503 beyond twice that in flight
-DEFAULT_MAX_MODEL_LEN = 2048
 VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 CPU_KVCACHE_GB = "1"
 # the share of a GPU's memory vLLM may use is the plan's share times this (activations, CUDA

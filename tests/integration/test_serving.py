@@ -31,6 +31,7 @@ pytestmark = pytest.mark.integration
 BASE = "bio-ml/sv-tiny"
 OPEN = "bio-ml/sv-open"
 MEMBERS = "bio-ml/sv-members"
+HF = "bio-ml/sv-hf"
 READY_TIMEOUT_S = 420.0
 PROMPT = "habari ya asubuhi"
 
@@ -114,11 +115,15 @@ def services(mesh: Mesh, tmp_path_factory: pytest.TempPathFactory) -> Iterator[d
         BASE,
     )
     with extra_nodes(mesh, Gpu(0, "T4", 16.0, (7, 5)), "sv-a", "sv-b"):
+        hf_doc = service_doc("sv-hf", "community", ["bio-ml/sv-swahili"])
+        hf_doc["service"]["engine"] = "transformers"
         jobs = folder / "services.yaml"
         jobs.write_text(
             yaml.safe_dump(service_doc("sv-open", "public", ["bio-ml/sv-swahili"]))
             + "---\n"
             + yaml.safe_dump(service_doc("sv-members", "community", []))
+            + "---\n"
+            + yaml.safe_dump(hf_doc)
         )
         said = meshctl(mesh, "submit", jobs)  # returns once both answer
         assert f"{OPEN} serves: 1 of 1 replicas serve (sv-" in said
@@ -135,7 +140,7 @@ def services(mesh: Mesh, tmp_path_factory: pytest.TempPathFactory) -> Iterator[d
         try:
             yield tokens
         finally:
-            for job in (OPEN, MEMBERS):
+            for job in (OPEN, MEMBERS, HF):
                 mesh.http.delete(f"{mesh.api}/jobs/{job}", headers=mesh.headers())
 
 
@@ -275,3 +280,36 @@ def test_callers_of_a_public_model_are_rate_limited_members_are_not(
         for _ in range(25)
     ]
     assert {r.status_code for r in members} == {200}
+
+
+def test_the_transformers_engine_answers_as_vllm_does(mesh: Mesh, services: dict[str, str]) -> None:
+    c = client(mesh, services["member"])
+    ids = {m.id for m in c.models.list()}
+    assert {HF, f"{HF}:sv-swahili"} <= ids
+    for model in ("", ":sv-swahili"):
+        ours = c.completions.create(model=HF + model, prompt=PROMPT, max_tokens=8, temperature=0)
+        vllm = c.completions.create(model=OPEN + model, prompt=PROMPT, max_tokens=8, temperature=0)
+        assert ours.choices[0].text == vllm.choices[0].text  # greedy, fp32: the same tokens
+    base = c.completions.create(model=HF, prompt=PROMPT, max_tokens=8, temperature=0)
+    tuned = c.completions.create(model=f"{HF}:sv-swahili", prompt=PROMPT, max_tokens=8)
+    assert base.choices[0].text != tuned.choices[0].text  # the Service's default: greedy
+    chat = c.chat.completions.create(
+        model=HF, messages=[{"role": "user", "content": PROMPT}], max_tokens=8, temperature=0
+    )
+    stream = c.chat.completions.create(
+        model=HF,
+        messages=[{"role": "user", "content": PROMPT}],
+        max_tokens=8,
+        temperature=0,
+        stream=True,
+    )
+    pieces = [ch.choices[0].delta.content or "" for ch in stream if ch.choices]
+    assert len([p for p in pieces if p]) > 1
+    assert "".join(pieces) == chat.choices[0].message.content
+    r = mesh.http.post(
+        f"{v1(mesh)}/completions",
+        json={"model": HF, "prompt": PROMPT, "max_tokens": 10**6},
+        headers={"Authorization": f"Bearer {services['member']}"},
+    )
+    assert r.status_code == 400
+    assert "context" in error_of(r)["message"]
