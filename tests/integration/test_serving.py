@@ -148,6 +148,18 @@ def client(mesh: Mesh, token: str | None) -> openai.OpenAI:
     return openai.OpenAI(base_url=v1(mesh), api_key=token or "none", max_retries=0, timeout=120)
 
 
+def streamed_chat(c: openai.OpenAI, model: str) -> list[str]:
+    """The text pieces of a streamed greedy chat answer, chunk by chunk."""
+    stream = c.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": PROMPT}],
+        max_tokens=8,
+        temperature=0,
+        stream=True,
+    )
+    return [ch.choices[0].delta.content or "" for ch in stream if ch.choices]
+
+
 def test_the_openai_client_lists_completes_chats_and_streams(
     mesh: Mesh, services: dict[str, str]
 ) -> None:
@@ -167,14 +179,7 @@ def test_the_openai_client_lists_completes_chats_and_streams(
     assert said
     assert chat.choices[0].finish_reason == "length"
 
-    stream = c.chat.completions.create(
-        model=OPEN,
-        messages=[{"role": "user", "content": PROMPT}],
-        max_tokens=8,
-        temperature=0,
-        stream=True,
-    )
-    pieces = [ch.choices[0].delta.content or "" for ch in stream if ch.choices]
+    pieces = streamed_chat(c, OPEN)
     assert len([p for p in pieces if p]) > 1  # more than one chunk carried text
     assert "".join(pieces) == said  # greedy: the stream says what the whole answer said
 
@@ -296,14 +301,7 @@ def test_the_transformers_engine_answers_as_vllm_does(mesh: Mesh, services: dict
     chat = c.chat.completions.create(
         model=HF, messages=[{"role": "user", "content": PROMPT}], max_tokens=8, temperature=0
     )
-    stream = c.chat.completions.create(
-        model=HF,
-        messages=[{"role": "user", "content": PROMPT}],
-        max_tokens=8,
-        temperature=0,
-        stream=True,
-    )
-    pieces = [ch.choices[0].delta.content or "" for ch in stream if ch.choices]
+    pieces = streamed_chat(c, HF)
     assert len([p for p in pieces if p]) > 1
     assert "".join(pieces) == chat.choices[0].message.content
     r = mesh.http.post(
