@@ -460,8 +460,9 @@ class MeshController(ControllerApi):
 
     def _drain_logs(self, a: Active) -> None:
         """Collect the last log lines of a job whose workers have ended (before release)."""
-        refs = actuator.log_refs(a.workers, a.log_next) if a.workers else []
-        self._store_logs(a, list(enumerate(refs)))
+        live = [(i, w) for i, w in enumerate(a.workers) if w is not None]  # a lost replica: None
+        refs = actuator.log_refs([w for _, w in live], [a.log_next[i] for i, _ in live])
+        self._store_logs(a, [(i, ref) for (i, _), ref in zip(live, refs, strict=True)])
 
     def _store_logs(self, a: Active, replies: list[tuple[int, Any]]) -> None:
         """Store the new lines of the workers' `logs()` replies, and the latest progress (bundle

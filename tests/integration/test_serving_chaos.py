@@ -89,8 +89,8 @@ def service_doc() -> dict[str, object]:
     }
 
 
-def replicas(mesh: Mesh) -> list[dict[str, object]]:
-    job = mesh.job(SERVICE)
+def replicas(mesh: Mesh, job_id: str = SERVICE) -> list[dict[str, object]]:
+    job = mesh.job(job_id)
     assert job["state"] not in TERMINAL, job
     found: list[dict[str, object]] = (job.get("progress") or {}).get("replicas") or []
     return found
@@ -141,7 +141,8 @@ def test_a_service_answers_through_a_node_kill_and_gets_its_replica_back(
                 logs = meshctl(mesh, "logs", SERVICE)
                 assert f"node {victim} was lost; placing it again" in logs
         finally:
-            mesh.http.delete(f"{mesh.api}/jobs/{SERVICE}", headers=mesh.headers())
+            r = mesh.http.delete(f"{mesh.api}/jobs/{SERVICE}", headers=mesh.headers())
+            assert r.status_code == 200, r.text
 
 
 def test_a_service_scales_up_under_load_and_back_down_when_it_ends(
@@ -214,5 +215,79 @@ def test_a_service_scales_up_under_load_and_back_down_when_it_ends(
             logs = meshctl(mesh, "logs", job_id)
             assert "scaling up to 2 replicas" in logs
             assert "scaling down to 1 replicas" in logs
+        finally:
+            mesh.http.delete(f"{mesh.api}/jobs/{job_id}", headers=mesh.headers())
+
+
+def test_a_node_removed_gracefully_moves_its_replica_without_a_failed_request(
+    mesh: Mesh, tmp_path: Path
+) -> None:
+    """No client retries here: the front alone must keep every request whole while a
+    volunteer leaves (Ray told first, as when its owner stops Ray) and the replica moves."""
+    import threading
+
+    import httpx
+
+    register(mesh, build_tiny_llama(tmp_path / "tiny"), "bio-ml/mv-tiny", source="tests")
+    doc = service_doc()
+    doc["name"] = "mv-chat"
+    doc["resources"]["gpu_types"] = ["RTX-A5000"]  # type: ignore[index]
+    doc["service"]["model"] = "bio-ml/mv-tiny"  # type: ignore[index]
+    job_id = "bio-ml/mv-chat"
+    url = mesh.api.rsplit("/api/v1", 1)[0] + "/v1/chat/completions"
+    member = {"Authorization": f"Bearer {member_token(mesh, 'bio-ml')}"}
+    stop = threading.Event()
+    codes: list[tuple[int, str]] = []
+
+    def user(k: int) -> None:
+        with httpx.Client(timeout=120, headers=member) as http:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                body = {
+                    "model": job_id,
+                    "messages": [{"role": "user", "content": f"habari {k} {n}"}],
+                    "max_tokens": 8,
+                }
+                try:
+                    r = http.post(url, json=body)
+                    codes.append((r.status_code, r.text[:200] if r.status_code != 200 else ""))
+                except httpx.HTTPError as e:
+                    codes.append((0, f"{type(e).__name__}: {e}"))
+
+    gpu = Gpu(0, "RTX-A5000", 24.0, (8, 6))
+    with extra_nodes(mesh, gpu, "mv-a", "mv-b") as nodes:
+        job_file = tmp_path / "service.yaml"
+        job_file.write_text(yaml.safe_dump(doc))
+        try:
+            meshctl(mesh, "submit", job_file)
+            before = replicas(mesh, job_id)
+            with extra_nodes(mesh, gpu, "mv-spare"):
+                users = [threading.Thread(target=user, args=(k,)) for k in range(4)]
+                for u in users:
+                    u.start()
+                try:
+                    time.sleep(KILL_AFTER_S)
+                    leaving = str(before[1]["node"])
+                    mesh.cluster.remove_node(nodes[leaving], allow_graceful=True)
+                    deadline = time.monotonic() + BACK_TIMEOUT_S
+                    while True:
+                        now = replicas(mesh, job_id)
+                        if [r["state"] for r in now] == ["serving", "serving"]:
+                            break
+                        assert time.monotonic() < deadline, now
+                        time.sleep(1.0)
+                    time.sleep(5.0)  # and requests go on to the moved replica
+                finally:
+                    stop.set()
+                    for u in users:
+                        u.join()
+                failed = [c for c in codes if c[0] != 200]
+                print(f"graceful removal: {len(codes) - len(failed)}/{len(codes)} requests ok")
+                assert len(codes) >= 100
+                assert not failed, failed[:5]
+                assert sorted(str(r["node"]) for r in now) == sorted(
+                    [str(before[0]["node"]), "mv-spare"]
+                )
         finally:
             mesh.http.delete(f"{mesh.api}/jobs/{job_id}", headers=mesh.headers())

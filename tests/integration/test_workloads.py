@@ -161,6 +161,16 @@ def test_a_two_worker_finetune_learns_and_registers_its_adapter(
 def extra_nodes(mesh: Mesh, gpu: Gpu, *names: str) -> Iterator[dict[str, Any]]:
     """Volunteers with one `gpu` each, that only the tests here ask for; gone afterwards."""
     handles = {name: mesh.add_node(Node(name, cpus=2, memory_gb=8, gpus=(gpu,))) for name in names}
+    deadline = time.monotonic() + 30
+    while True:  # until the controller has seen them (a job submitted before would not fit)
+        r = mesh.http.get(f"{mesh.api}/nodes", headers=mesh.headers())
+        seen = (
+            {n["name"] for n in r.json()["nodes"] if n["alive"]} if r.status_code == 200 else set()
+        )
+        if set(names) <= seen:
+            break
+        assert time.monotonic() < deadline, f"the mesh did not see {names} join: {seen}"
+        time.sleep(0.2)
     try:
         yield handles
     finally:
