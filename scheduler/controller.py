@@ -377,23 +377,29 @@ class MeshController(ControllerApi):
         )
         if a.kind == "Service" and not a.generations:
             a.generations = [0] * len(a.bundles)
-        contexts = [
-            {
-                "run": a.run,
-                "world": len(a.bundles),
-                "group": a.slot_group(i) if a.kind == "Service" else a.group,
-                "cpus": r.cpus,
-                "gpu_fraction": r.gpus,
-                "mtbf_s": mtbf_s,
-                "inputs": row.inputs if row else {},
-            }
-            for i, r in enumerate(a.requests)
-        ]
+        inputs = row.inputs if row else {}
+        contexts = [self._context(a, i, inputs, mtbf_s) for i in range(len(a.bundles))]
         a.workers = actuator.start_workers(
             a.pg, a.group, a.job, a.kind, a.spec, a.requests, contexts
         )
         self._watch(a)
         a.alive_refs = actuator.pings(a.workers)
+
+    @staticmethod
+    def _context(
+        a: Active, bundle: int, inputs: dict[str, Any], mtbf_s: float | None
+    ) -> dict[str, Any]:
+        """What bundle `bundle`'s workload is told beyond the spec (`WorkContext` fields)."""
+        request = a.requests[bundle]
+        return {
+            "run": a.run,
+            "world": len(a.bundles),
+            "group": a.slot_group(bundle),  # the placement's group but for a re-placed replica
+            "cpus": request.cpus,
+            "gpu_fraction": request.gpus,
+            "mtbf_s": mtbf_s,
+            "inputs": inputs,
+        }
 
     def _running(self, a: Active, now: float) -> None:
         a.alive_refs = []
@@ -583,18 +589,16 @@ class MeshController(ControllerApi):
         a.generations[bundle] += 1
         a.bundles = a.bundles[:bundle] + (where,) + a.bundles[bundle + 1 :]
         row = self.store.job(a.job)
-        request = a.requests[bundle]
-        context = {
-            "run": a.run,
-            "world": len(a.bundles),
-            "group": a.slot_group(bundle),
-            "cpus": request.cpus,
-            "gpu_fraction": request.gpus,
-            "mtbf_s": None,
-            "inputs": row.inputs if row else {},
-        }
+        context = self._context(a, bundle, row.inputs if row else {}, None)
         [worker] = actuator.start_workers(
-            None, a.slot_group(bundle), a.job, a.kind, a.spec, [request], [context], first=bundle
+            None,
+            a.slot_group(bundle),
+            a.job,
+            a.kind,
+            a.spec,
+            [a.requests[bundle]],
+            [context],
+            first=bundle,
         )
         a.workers[bundle] = worker
         a.log_next[bundle] = 0
