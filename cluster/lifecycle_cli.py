@@ -77,6 +77,7 @@ def _print_up(up: dict[str, Any], home: MeshHome, snapshot: ClusterSnapshot | No
     line("Ray cluster", f"{up.get('ray_address')} ({where})")
     if up.get("ray_token_file"):
         line("Ray token", f"{up['ray_token_file']}  (Ray clients and joining nodes need it)")
+        line("Volunteers", "meshctl token join  (prints what a machine needs to join)")
     line("Log", str(home.log_file))
     if snapshot is not None:
         _print_nodes(snapshot)
@@ -149,6 +150,23 @@ def up(
     port: Annotated[
         int, typer.Option("--port", help="Port the API listens on.", min=1, max=65535)
     ] = 8000,
+    ray_host: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-host",
+            help="The address of this machine that volunteers reach Ray at (default: Ray's"
+            " choice, the primary address).",
+        ),
+    ] = None,
+    ray_port: Annotated[
+        int,
+        typer.Option(
+            "--ray-port",
+            help="Ray's port for joining nodes (default: a free one).",
+            min=0,
+            max=65535,
+        ),
+    ] = 0,
     home: Annotated[
         Path | None,
         typer.Option(
@@ -186,7 +204,20 @@ def up(
     if not check_port_free(host, port):
         raise _fail(f"{host}:{port} is in use; choose another with --port", 1)
     t0 = time.monotonic()
-    proc = spawn_supervisor(mesh, nodes_file=nodes, address=address, host=host, port=port)
+    if address is not None and (ray_host is not None or ray_port):
+        raise _fail(
+            "--ray-host and --ray-port set up a Ray head this command starts; with"
+            " --address it starts none"
+        )
+    proc = spawn_supervisor(
+        mesh,
+        nodes_file=nodes,
+        address=address,
+        host=host,
+        port=port,
+        ray_host=ray_host,
+        ray_port=ray_port,
+    )
     try:
         if out.is_terminal:
             with out.status("starting the mesh") as spinner:

@@ -263,6 +263,8 @@ def spawn_supervisor(
     address: str | None,
     host: str,
     port: int,
+    ray_host: str | None = None,
+    ray_port: int = 0,
 ) -> subprocess.Popen[bytes]:
     """Start the supervisor detached, its output in logs/up.log; returns at once."""
     home.make_dirs()
@@ -275,6 +277,10 @@ def spawn_supervisor(
         cmd += ["--nodes", str(nodes_file.resolve())]
     if address is not None:
         cmd += ["--address", address]
+    if ray_host is not None:
+        cmd += ["--ray-host", ray_host]
+    if ray_port:
+        cmd += ["--ray-port", str(ray_port)]
     env = dict(os.environ)
     env.pop("RAY_ADDRESS", None)  # the supervisor must not attach to a cluster by accident
     env["PYTHONUNBUFFERED"] = "1"
@@ -531,12 +537,16 @@ def _processes(cluster: Any) -> list[MeshProcess]:
     return procs
 
 
-def _start_ray(home: MeshHome, declared: list[Node], started: _Started) -> str:
+def _start_ray(
+    home: MeshHome, declared: list[Node], started: _Started, ray_host: str | None, ray_port: int
+) -> str:
     def progress(message: str) -> None:
         _status(home, message)
         _take_signals()
 
-    started.cluster = start_cluster(host_node(), declared, progress=progress)
+    started.cluster = start_cluster(
+        host_node(), declared, progress=progress, ray_host=ray_host, ray_port=ray_port
+    )
     return str(started.cluster.address)
 
 
@@ -564,13 +574,21 @@ def _cleanup(started: _Started) -> None:
 
 
 def supervise(
-    home: MeshHome, *, nodes_file: Path | None, address: str | None, host: str, port: int
+    home: MeshHome,
+    *,
+    nodes_file: Path | None,
+    address: str | None,
+    host: str,
+    port: int,
+    ray_host: str | None = None,
+    ray_port: int = 0,
 ) -> int:
     """Bring the mesh up, wait for a signal, bring it down. Returns the exit status."""
     home.make_dirs()
-    if address is None:
-        # our own cluster: token authentication with the mesh's token, set before Ray is
-        # imported so that this driver and every Ray process started from here use it
+    if address is None or (home.ray_token_file.exists() and "RAY_AUTH_MODE" not in os.environ):
+        # our own cluster, or one started with this home's token (`ray up`): token
+        # authentication with the mesh's token, set before Ray is imported so that this driver
+        # and every Ray process started from here use it
         os.environ["RAY_AUTH_MODE"] = "token"
         os.environ["RAY_AUTH_TOKEN"] = ray_token(home)
     import ray
@@ -592,7 +610,7 @@ def supervise(
             raise ValueError("--nodes starts simulated nodes; with --address none are started")
         declared = list(load_cluster(nodes_file).nodes) if nodes_file is not None else []
         if address is None:
-            ray_address = _start_ray(home, declared, started)
+            ray_address = _start_ray(home, declared, started, ray_host, ray_port)
         else:
             ray_address = address
         _status(home, f"connecting to Ray at {ray_address}")
@@ -651,6 +669,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--address", default=None)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--ray-host", default=None)
+    parser.add_argument("--ray-port", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO,
@@ -660,7 +680,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # start_services polls /health
     home = MeshHome((args.home or default_home()).expanduser().resolve())
     return supervise(
-        home, nodes_file=args.nodes, address=args.address, host=args.host, port=args.port
+        home,
+        nodes_file=args.nodes,
+        address=args.address,
+        host=args.host,
+        port=args.port,
+        ray_host=args.ray_host,
+        ray_port=args.ray_port,
     )
 
 

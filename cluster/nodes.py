@@ -82,11 +82,15 @@ def start_cluster(
     *,
     system_config: dict[str, Any] | None = None,
     progress: Callable[[str], None] = lambda message: None,
+    ray_host: str | None = None,
+    ray_port: int = 0,
 ) -> Any:
     """A Ray cluster on this machine: `head` (real) and one Ray node per declared node.
 
     Returns the `ray.cluster_utils.Cluster`; its `shutdown()` stops every process it started.
-    Ray picks free ports, so it never collides with another Ray cluster on the machine.
+    Ray picks free ports (the head's GCS port is `ray_port` when given), so it never collides
+    with another Ray cluster on the machine. `ray_host`: the address the head advertises to
+    joining volunteers (default: Ray's choice, this machine's primary address).
     """
     from ray.cluster_utils import Cluster
 
@@ -95,7 +99,7 @@ def start_cluster(
         "num_gpus": len(head.gpus),
         "include_dashboard": False,
         "object_store_memory": HEAD_OBJECT_STORE_BYTES,
-        "gcs_server_port": 0,
+        "gcs_server_port": ray_port,
         "dashboard_port": None,
         "dashboard_agent_listen_port": None,
         "labels": labels_for(head),
@@ -104,6 +108,8 @@ def start_cluster(
     # stalls (0.2x of a plain process in benchmarks/finetune_overhead.py); the mesh's workloads
     # are what its machines are lent for, so they run at the plain priority.
     head_args["_system_config"] = {"worker_niceness": 0, **(system_config or {})}
+    if ray_host:
+        head_args["node_ip_address"] = ray_host
     progress(f"starting the Ray head on this machine ({head.name}, {head.cpus:g} CPUs)")
     cluster = Cluster(initialize_head=True, head_node_args=head_args)
     try:

@@ -157,6 +157,13 @@ def waits(workers: Sequence[Worker]) -> list[Ref]:
     return [w.wait.remote() for w in workers]
 
 
+def request_stop(workers: Sequence[Worker]) -> None:
+    """Ask workloads to checkpoint and stop (a drain); fire and forget: each one's `wait`
+    then returns a report with `stopped`."""
+    for w in workers:
+        w.request_stop.remote()
+
+
 def log_refs(workers: Sequence[Worker], since: Sequence[int]) -> list[Ref]:
     return [w.logs.remote(s) for w, s in zip(workers, since, strict=True)]
 

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from cluster.join_cli import join, leave, token_join
 from cluster.lifecycle_cli import down, up
 from scheduler import cli_mesh, cli_models, cli_sim, gpus, terminal
 from scheduler.cluster import ClusterFile, ClusterSnapshot, load_cluster
@@ -183,6 +184,9 @@ def plan_command(
 
 app.command()(up)
 app.command()(down)
+app.command()(join)
+app.command()(leave)
+cli_mesh.token_app.command("join")(token_join)
 # The commands that talk to a running mesh live in their own module.
 app.registered_commands += cli_mesh.app.registered_commands
 app.registered_groups += cli_mesh.app.registered_groups

@@ -428,11 +428,25 @@ def _gpus_text(node: dict[str, Any]) -> str:
     return ", ".join(f"{n} x {m} ({_number(mem)} GB)" for (m, mem), n in counts.items()) or "-"
 
 
+STATE_STYLE = {
+    "READY": "green",
+    "SIMULATED": "cyan",
+    "VERIFYING": "yellow",
+    "SUSPECT": "red",
+    "DRAINING": "yellow",
+    "DRAINED": "dim",
+    "DOWN": "red",
+}
+
+
 @app.command()
 def nodes(as_json: JsonOption = False, api: ApiOption = None, token: TokenOption = None) -> None:
-    """List the nodes of the mesh: their GPUs, what is allocated on them, whether they are up.
+    """List the nodes of the mesh: their GPUs, what is allocated on them, their state and why,
+    their availability and MTBF.
 
-    Simulated nodes (GPUs declared, not probed) are marked "(simulated)".
+    States: SIMULATED (GPUs declared, never probed), VERIFYING (a probe checks the GPUs a new
+    node claims), READY, SUSPECT (the probe contradicted the claim: no work), DRAINING, DRAINED,
+    DOWN.
 
     Example: meshctl nodes
     """
@@ -444,23 +458,33 @@ def nodes(as_json: JsonOption = False, api: ApiOption = None, token: TokenOption
     if not found:
         _say("No nodes.")
         return
-    t = Table("node", "owner", "GPUs", "allocated", "jobs", "state", "availability")
+    t = Table("node", "owner", "GPUs", "allocated", "jobs", "state", "availability", "MTBF")
+    notes = []
     for node in found:
         allocations = node.get("allocations") or []
         total = len(node.get("gpus") or [])
         used = sum(len(a.get("gpus") or []) * a.get("gpu_fraction", 1.0) for a in allocations)
         jobs = sorted({a["job"] for a in allocations})
         availability = node.get("availability")
+        mtbf = node.get("mtbf_h")
+        state = node.get("state") or ("UP" if node.get("alive") else "DOWN")
         t.add_row(
             Text(node["name"] + (" (simulated)" if node.get("simulated") else "")),
             Text(node.get("owner") or "-"),
             Text(_gpus_text(node)),
             f"{_number(used)} of {total}" if total else "-",
             Text(", ".join(jobs) or "-"),
-            Text("alive", style="green") if node.get("alive") else Text("down", style="red"),
+            Text(state, style=STATE_STYLE.get(state, "")),
             f"{availability:.0%}" if availability is not None else "-",
+            f"{mtbf:.1f} h" if mtbf is not None else "-",
         )
+        if node.get("why") and state not in ("READY", "SIMULATED", "DOWN"):
+            notes.append(f"{node['name']}: {state} - {node['why']}")
+        elif state == "READY" and node.get("claim", {}) and (node.get("claim") or {}).get("gpus"):
+            notes.append(f"{node['name']}: {node.get('why')}")
     out.print(t)
+    for note in notes:
+        out.print(Text(note), soft_wrap=True)
 
 
 # --- audit --------------------------------------------------------------------------------------

@@ -26,11 +26,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from cluster.labels import LabelError, node_from_labels
-from scheduler import actuator
-from scheduler.cluster import ClusterSnapshot, Node
+from scheduler import actuator, verify
+from scheduler.cluster import ClusterSnapshot
 from scheduler.controller_api import ControllerApi
 from scheduler.documents import SpecError
-from scheduler.jobio import finetune_provenance, resolve_inputs
+from scheduler.jobio import finetune_provenance, queue_job, resolve_inputs
+from scheduler.node_keeping import NodeKeeping
 from scheduler.policy import (
     BundleAssignment,
     JobDemand,
@@ -47,7 +48,6 @@ from scheduler.views import ApiError, job_view, node_views
 LOAD_STALE_S = 5.0  # a Service's load not reported for this long counts as none
 REPLICA_MARK = "#"  # `job#k`: the policy's name for the lost replica k of a Service
 RUNNABLE_KINDS = frozenset({"Probe", "FineTune", "BatchInference", "Service"})
-NODE_REFRESH_S = 30.0  # how often an alive node's last_seen is written
 # A bundle of a multi-bundle job that fails may only be the echo of a peer whose node died
 # (its collective call breaks first): the peers are asked whether they live, for at most this.
 PEER_CHECK_S = 60.0
@@ -68,6 +68,8 @@ class Settings(BaseModel):
     # between replicas.min and max, once the load has asked for it this long
     serve_upscale_delay_s: float = 10.0
     serve_downscale_delay_s: float = 120.0
+    # a fine-tune on a draining node that has not checkpointed by then is moved all the same
+    drain_checkpoint_timeout_s: float = 120.0
 
 
 @dataclass
@@ -109,6 +111,8 @@ class Active:
     generations: list[int] = field(default_factory=list)  # Service: placements of each replica
     missing: set[int] = field(default_factory=set)  # Service replicas lost, waiting for a node
     scaling: tuple[int, float] | None = None  # Service: (replicas the load asks for, since)
+    stop_deadline: float | None = None  # asked to checkpoint and stop (a drain) until then
+    stop_reason: str = ""
 
     @property
     def requests(self) -> list[actuator.BundleRequest]:
@@ -159,7 +163,7 @@ def _bundles_from_json(placement: list[dict[str, Any]]) -> tuple[BundleAssignmen
     )
 
 
-class MeshController(ControllerApi):
+class MeshController(NodeKeeping, ControllerApi):
     """Run as `ray.remote(MeshController)` by `scheduler.deploy`; methods answer the API."""
 
     def __init__(self, home: str, settings: dict[str, Any] | None = None) -> None:
@@ -167,10 +171,7 @@ class MeshController(ControllerApi):
         self.store = Store(Path(home) / "mesh.db")
         self.active: dict[str, Active] = {}
         self._specs: dict[tuple[str, int], tuple[JobSpec, JobDemand]] = {}
-        self._nodes: dict[str, Node] = {}  # alive mesh nodes by name
-        self._seen: dict[str, tuple[str, float]] = {}  # name -> (Ray node id, last written)
-        self._known_alive: set[str] | None = None
-        self._ignored: set[str] = set()  # Ray nodes without mesh labels, reported once
+        self._init_nodes()
         self._waiting: dict[str, list[str]] = {}  # the reasons last written, per job
         self._load: dict[str, tuple[float, int]] = {}  # Service -> (when, requests in flight)
         self._lock = threading.RLock()
@@ -228,8 +229,10 @@ class MeshController(ControllerApi):
         # 5. watch what is in flight
         self._progress(now)
         self._autoscale(now)
-        # 3. plan
-        queued = self.store.queued()
+        self._drain_nodes(now)
+        self._verify_nodes(now)
+        # 3. plan (a node's verification is placed on it above, never by the policy)
+        queued = [(job, run) for job, run in self.store.queued() if not verify.is_verify_job(job)]
         replacing = self._replacements()
         if not queued and not replacing:
             return
@@ -267,47 +270,6 @@ class MeshController(ControllerApi):
         if changed:
             self.store.set_waiting(changed)
         self._waiting = reasons
-
-    # --- nodes ------------------------------------------------------------------------------
-
-    def _observe_nodes(self, now: float) -> set[str]:
-        """Refresh the alive mesh nodes; record joins and losses; the names lost.
-
-        The store is written only when something changed, or to refresh a node's last_seen
-        every NODE_REFRESH_S, not on every round.
-        """
-        alive: dict[str, Node] = {}
-        for rn in actuator.cluster_nodes():
-            if rn.name is None or not rn.alive:
-                continue
-            try:
-                alive[rn.name] = node_from_labels(rn.labels, rn.cpus, rn.memory_gb, rn.gpus)
-            except LabelError as e:
-                if rn.node_id not in self._ignored:
-                    print(f"mesh: ignoring Ray node {rn.node_id[:12]}: {e}", file=sys.stderr)
-                    self._ignored.add(rn.node_id)
-                continue
-            seen = self._seen.get(rn.name)
-            if seen is None or seen[0] != rn.node_id or now - seen[1] >= NODE_REFRESH_S:
-                self.store.node_up(
-                    rn.name,
-                    ray_node_id=rn.node_id,
-                    labels=rn.labels,
-                    cpus=rn.cpus,
-                    memory_gb=rn.memory_gb,
-                    gpus=rn.gpus,
-                    now=now,
-                )
-                self._seen[rn.name] = (rn.node_id, now)
-        if self._known_alive is None:  # first round: the nodes the store last saw alive
-            self._known_alive = {n["name"] for n in self.store.nodes(now) if n["alive"]}
-        lost = self._known_alive - set(alive)
-        for name in lost:
-            self.store.node_down(name, now, "Ray reports the node dead or gone")
-            self._seen.pop(name, None)
-        self._known_alive = set(alive)
-        self._nodes = alive
-        return lost
 
     # --- jobs in flight ---------------------------------------------------------------------
 
@@ -443,6 +405,11 @@ class MeshController(ControllerApi):
             for ref in [r for r in a.waits if r in done]:
                 bundle = a.waits.pop(ref)
                 result = actuator.outcome(ref)
+                if result.report is not None and result.report.get("stopped"):
+                    step = result.report.get("step")
+                    where = f"; checkpointed at step {step}" if step is not None else ""
+                    self._requeue(a, State.PREEMPTED, a.stop_reason + where, now)
+                    break
                 if result.report is not None:
                     a.reports[bundle] = result.report
                     continue
@@ -850,19 +817,7 @@ class MeshController(ControllerApi):
             )
         self._check_fits(spec)
         inputs = resolve_inputs(self.store, p, spec, files or {}, actuator.artifacts_missing)
-        row = self.store.submit(
-            job_id=spec.job_id,
-            community=spec.community,
-            name=spec.name,
-            kind=spec.kind.value,
-            priority=spec.priority.value,
-            gpus=spec.resources.gpus,
-            max_retries=spec.max_retries,
-            spec=spec.model_dump(mode="json", by_alias=True, exclude_unset=True),
-            now=now,
-            actor=p.name,
-            inputs=inputs,
-        )
+        row = queue_job(self.store, spec, now, p.name, inputs)
         self._wake.set()
         return 201, job_view(row, self.store)
 
@@ -907,7 +862,11 @@ class MeshController(ControllerApi):
         return 200, job_view(self.store.job(job_id), self.store)  # type: ignore[arg-type]
 
     def api_nodes(self, p: Principal) -> tuple[int, Any]:
-        return 200, {"nodes": node_views(self.store, list(self.active.values()), time.time())}
+        views = node_views(self.store, list(self.active.values()), time.time())
+        for v in views:
+            st = self._node_states.get(v["name"])
+            v["state"], v["why"] = (st.state, st.why) if st else ("DOWN", "not connected")
+        return 200, {"nodes": views}
 
     # --- for the /v1 front (workloads/serving_front.py) -----------------------------------
 

@@ -252,3 +252,26 @@ def finetune_provenance(
         "final_loss": first.get("final_loss"),
         "resumed_from_step": first.get("resumed_from_step"),
     }
+
+
+def queue_job(
+    store: Store,
+    spec: JobSpec,
+    now: float,
+    actor: str,
+    inputs: Mapping[str, Any] | None = None,
+) -> JobRow:
+    """Put a checked job spec in the queue (a new run of a finished job of the same id)."""
+    return store.submit(
+        job_id=spec.job_id,
+        community=spec.community,
+        name=spec.name,
+        kind=spec.kind.value,
+        priority=spec.priority.value,
+        gpus=spec.resources.gpus,
+        max_retries=spec.max_retries,
+        spec=spec.model_dump(mode="json", by_alias=True, exclude_unset=True),
+        now=now,
+        actor=actor,
+        inputs=inputs,
+    )

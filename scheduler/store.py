@@ -150,7 +150,19 @@ CREATE TABLE IF NOT EXISTS audit (
 
 MAX_LOG_LINE = 4000
 # Columns added after a database was first created: (table, column, type).
-ADDED_COLUMNS = (("jobs", "inputs", "TEXT"), ("jobs", "progress", "TEXT"))
+ADDED_COLUMNS = (
+    ("jobs", "inputs", "TEXT"),
+    ("jobs", "progress", "TEXT"),
+    # trust (cluster/README.md "Verification"): VERIFYING, READY or SUSPECT for a real node,
+    # why, and the claim (GPU model, memory, count) the verdict is about
+    ("nodes", "trust", "TEXT"),
+    ("nodes", "trust_reason", "TEXT"),
+    ("nodes", "claim", "TEXT"),
+    # a drain asked for (since when, by whom) and whether nothing of the mesh runs there now
+    ("nodes", "drain_since", "REAL"),
+    ("nodes", "drain_by", "TEXT"),
+    ("nodes", "drained", "INTEGER"),
+)
 
 
 def token_hash(token: str) -> str:
@@ -674,9 +686,10 @@ class Store(RegistryTables):
                 )
                 return
             else:
-                db.execute(
+                db.execute(  # back after a leave: a drain it left under is over
                     "UPDATE nodes SET alive = 1, last_seen = ?, up_since = ?, ray_node_id = ?,"
-                    " labels = ?, cpus = ?, memory_gb = ?, gpus = ? WHERE name = ?",
+                    " labels = ?, cpus = ?, memory_gb = ?, gpus = ?, drain_since = NULL,"
+                    " drain_by = NULL, drained = NULL WHERE name = ?",
                     (now, now, ray_node_id, canonical_json(labels), cpus, memory_gb, gpus, name),
                 )
             db.execute("INSERT INTO node_events (node, ts, event) VALUES (?, ?, 'up')", (name, now))
@@ -688,8 +701,11 @@ class Store(RegistryTables):
                 data={"ray_node_id": ray_node_id, "gpus": gpus, "labels": dict(labels)},
             )
 
-    def node_down(self, name: str, now: float, reason: str) -> bool:
-        """A node is gone; audited once. False when it was already known to be down."""
+    def node_down(self, name: str, now: float, reason: str, *, event: str = "down") -> bool:
+        """A node is gone; audited once. False when it was already known to be down.
+
+        `event`: "down" (lost: a failure, counted in its MTBF) or "leave" (it left after a
+        drain: time away, but no failure)."""
         with self._tx() as db:
             row = db.execute("SELECT alive, up_since FROM nodes WHERE name = ?", (name,)).fetchone()
             if row is None or not row["alive"]:
@@ -702,9 +718,59 @@ class Store(RegistryTables):
                 (now, up, name),
             )
             db.execute(
-                "INSERT INTO node_events (node, ts, event) VALUES (?, ?, 'down')", (name, now)
+                "INSERT INTO node_events (node, ts, event) VALUES (?, ?, ?)", (name, now, event)
             )
-            self._append(db, "node_leave", now, node=name, data={"reason": reason})
+            self._append(db, "node_leave", now, node=name, data={"reason": reason, "event": event})
+        return True
+
+    def set_node_trust(
+        self, name: str, trust: str, reason: str, claim: Mapping[str, Any], now: float
+    ) -> None:
+        """What the mesh holds of a node's claim: VERIFYING, READY or SUSPECT, and why; audited
+        (`node_trust`) when it changes."""
+        claim_text = canonical_json(claim)
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT trust, trust_reason, claim FROM nodes WHERE name = ?", (name,)
+            ).fetchone()
+            if row is None or (
+                row["trust"] == trust
+                and row["trust_reason"] == reason
+                and row["claim"] == claim_text
+            ):
+                return
+            db.execute(
+                "UPDATE nodes SET trust = ?, trust_reason = ?, claim = ? WHERE name = ?",
+                (trust, reason, claim_text, name),
+            )
+            self._append(
+                db,
+                "node_trust",
+                now,
+                node=name,
+                data={"trust": trust, "reason": reason, "claim": dict(claim)},
+            )
+
+    def set_node_drain(self, name: str, now: float, *, by: str | None, drained: bool) -> bool:
+        """Start a drain of a node (`by`: who asked), or mark it drained (`by` None): audited
+        (`node_drain`, `node_drained`). False when the node is unknown or down."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT alive, drain_since, drained FROM nodes WHERE name = ?", (name,)
+            ).fetchone()
+            if row is None or not row["alive"]:
+                return False
+            if by is not None and row["drain_since"] is None:
+                db.execute(
+                    "UPDATE nodes SET drain_since = ?, drain_by = ?, drained = 0 WHERE name = ?",
+                    (now, by, name),
+                )
+                self._append(db, "node_drain", now, node=name, actor=by, data={})
+            elif drained and row["drain_since"] is not None and not row["drained"]:
+                db.execute("UPDATE nodes SET drained = 1 WHERE name = ?", (name,))
+                self._append(
+                    db, "node_drained", now, node=name, data={"seconds": now - row["drain_since"]}
+                )
         return True
 
     def nodes(self, now: float) -> list[dict[str, Any]]:
@@ -735,6 +801,13 @@ class Store(RegistryTables):
                     "availability": min(1.0, up / span) if span > 0 else None,
                     # time up per failure seen; None until the node has failed once
                     "mtbf_h": up / downs[r["name"]] / 3600 if downs.get(r["name"]) else None,
+                    "failures": downs.get(r["name"], 0),
+                    "trust": r["trust"],
+                    "trust_reason": r["trust_reason"],
+                    "claim": json.loads(r["claim"]) if r["claim"] else None,
+                    "drain_since": r["drain_since"],
+                    "drain_by": r["drain_by"],
+                    "drained": bool(r["drained"]),
                 }
             )
         return result

@@ -85,6 +85,9 @@ def node_views(store: Store, active: Iterable[Active], now: float) -> list[dict[
                 ],
                 "allocations": allocations.get(n["name"], []),
                 "availability": n["availability"],
+                "mtbf_h": n["mtbf_h"],
+                "failures": n["failures"],
+                "claim": n["claim"],
                 "first_seen": n["first_seen"],
                 "last_seen": n["last_seen"],
             }

@@ -177,7 +177,8 @@ def run_finetune(ctx: WorkContext) -> dict[str, Any]:
                     f"step {stats.step}/{total} loss {stats.loss:.4f} "
                     f"{tokens_s:.0f} tokens/s, ETA {eta_s:.0f} s"
                 )
-            if rank == 0 and stats.step < total and policy.due(stats.step):
+            stopping = ctx.stop.is_set() and stats.step < total
+            if rank == 0 and stats.step < total and (stopping or policy.due(stats.step)):
                 began = time.monotonic()
                 folder = scratch / f"ckpt-{stats.step}"
                 trainer.save_checkpoint(folder)
@@ -189,6 +190,9 @@ def run_finetune(ctx: WorkContext) -> dict[str, Any]:
                 note = policy.taken(stats.step, cost)
                 if note:
                     ctx.log(note)
+                if stopping:  # the node drains: the job goes on elsewhere from this step
+                    ctx.log(f"stopped at step {stats.step} to move: the node drains")
+                    return {"bundle": rank, "node": ctx.node, "stopped": True, "step": stats.step}
         report: dict[str, Any] = {
             "bundle": rank,
             "node": ctx.node,

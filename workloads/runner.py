@@ -47,6 +47,7 @@ class WorkContext:
     lines: list[tuple[float, str]] = field(default_factory=list)
     progress: dict[str, Any] = field(default_factory=dict)
     shared: dict[str, Any] = field(default_factory=dict)  # published to the other bundles
+    stop: threading.Event = field(default_factory=threading.Event)  # checkpoint and stop (drain)
 
     def log(self, line: str) -> None:
         if len(self.lines) < MAX_LOG_LINES:
@@ -150,3 +151,7 @@ class WorkloadActor:
 
     def ping(self) -> bool:
         return True
+
+    def request_stop(self) -> None:
+        """Checkpoint and stop soon (the node drains); workloads that can look at `ctx.stop`."""
+        self.ctx.stop.set()

@@ -45,6 +45,8 @@ EXAMPLES = {
     "token": "Example: meshctl token create --community bio-ml",
     "up": "Example: meshctl up --nodes examples/clusters/volunteers-small.yaml",
     "down": "Example: meshctl down",
+    "join": "Example: meshctl join 10.0.0.5:6379 --owner swahili-nlp",
+    "leave": "Example: meshctl leave --drain",
     "sim": "Example: meshctl sim --trace examples/traces/volunteers-day.csv --format csv",
     "models": "Example: meshctl models list",
     "results": "Example: meshctl results quechua-lm/answers -o ./answers",

@@ -683,12 +683,27 @@ def test_nodes_marks_simulated_nodes_and_counts_allocated_gpus(api: FakeApi) -> 
             {"job": "bio-ml/b", "bundle": 0, "gpus": [1], "gpu_fraction": 0.5, "cpus": 1.0},
         ],
         "availability": 0.95,
+        "mtbf_h": 12.5,
         "first_seen": 1000.0,
         "last_seen": 1001.0,
+        "state": "SIMULATED",
+        "why": "declared GPUs: never probed",
     }
-    api.answer("GET", "/nodes", {"nodes": [node]})
+    liar = {
+        **node,
+        "name": "liar",
+        "simulated": False,
+        "allocations": [],
+        "mtbf_h": None,
+        "state": "SUSPECT",
+        "why": "claims 1 x T4; GPU 0: the probe found no CUDA device",
+    }
+    api.answer("GET", "/nodes", {"nodes": [node, liar]})
     result = meshctl(api, "nodes")
     assert_exit(result, 0)
+    said = " ".join(plain(result).split())
+    assert "liar: SUSPECT - claims 1 x T4; GPU 0: the probe found no CUDA device" in said
+    assert "sim-a: SIMULATED" not in said
     row = next(line for line in plain(result).splitlines() if "sim-a" in line)
     cells = [c.strip() for c in re.split(r"[│┃]", row) if c.strip()]
     assert cells == [
@@ -697,8 +712,9 @@ def test_nodes_marks_simulated_nodes_and_counts_allocated_gpus(api: FakeApi) -> 
         "4 x RTX-4090 (24 GB)",
         "1.5 of 4",
         "bio-ml/a, bio-ml/b",
-        "alive",
+        "SIMULATED",
         "95%",
+        "12.5 h",
     ]
 
 
