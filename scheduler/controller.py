@@ -822,8 +822,9 @@ class MeshController(NodeKeeping, ControllerApi):
         return 201, job_view(row, self.store)
 
     def _check_fits(self, spec: JobSpec) -> None:
-        """Reject a job that cannot run even on an idle cluster of every node ever seen."""
-        known = dict(self._nodes)
+        """Reject a job that cannot run even on an idle cluster of every node ever seen
+        (whether it is verified, suspect or draining now: that may change)."""
+        known = {name: dataclasses.replace(n, schedulable=True) for name, n in self._nodes.items()}
         for n in self.store.nodes(time.time()):
             if n["name"] not in known:
                 try:

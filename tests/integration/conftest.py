@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # never create ~/.ray/auth_token in tests
+# The session's cluster runs with token authentication, as a mesh does (DESIGN.md "Finding the
+# API"); the token reaches Ray in the environment, never in ~/.ray/auth_token.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
 
 import httpx
 import pytest

@@ -128,6 +128,55 @@ def test_nodes_keep_their_up_and_down_history(store: Store) -> None:
     assert kinds == ["node_join", "node_leave", "node_join"]
 
 
+def test_a_drained_leave_counts_as_time_away_but_not_as_a_failure(store: Store) -> None:
+    args = {"ray_node_id": "n1", "labels": {}, "cpus": 8.0, "memory_gb": 32.0, "gpus": 1}
+    store.node_up("lab", now=0, **args)  # type: ignore[arg-type]
+    assert store.node_down("lab", 100, "Ray reports the node dead or gone")
+    store.node_up("lab", now=200, **args)  # type: ignore[arg-type]
+    assert store.set_node_drain("lab", 250, by="its volunteer", drained=False)
+    assert store.set_node_drain("lab", 260, by=None, drained=True)
+    [node] = store.nodes(now=300)
+    assert (node["drain_since"], node["drain_by"], node["drained"]) == (250, "its volunteer", True)
+    assert store.node_down("lab", 300, "left after a drain", event="leave")
+    store.node_up("lab", now=400, **args)  # type: ignore[arg-type]
+    [node] = store.nodes(now=400)
+    assert node["failures"] == 1
+    assert node["mtbf_h"] == pytest.approx(200 / 3600)  # 200 s up, one failure
+    assert node["availability"] == pytest.approx(200 / 400)
+    assert node["drain_since"] is None  # back after the leave: the drain is over
+    assert not node["drained"]
+    kinds = [r["kind"] for r in store.audit()]
+    assert kinds == [
+        "node_join",
+        "node_leave",
+        "node_join",
+        "node_drain",
+        "node_drained",
+        "node_leave",
+        "node_join",
+    ]
+    assert not store.set_node_drain("nowhere", 500, by="admin", drained=False)
+
+
+def test_a_node_trust_verdict_is_kept_with_its_claim_and_audited_when_it_changes(
+    store: Store,
+) -> None:
+    args = {"ray_node_id": "n1", "labels": {}, "cpus": 8.0, "memory_gb": 32.0, "gpus": 1}
+    store.node_up("home-4090", now=0, **args)  # type: ignore[arg-type]
+    claim = {"gpus": 1, "model": "RTX-4090", "memory_gb": 23.99, "compute_capability": "8.9"}
+    store.set_node_trust("home-4090", "VERIFYING", "waiting for the probe", claim, 1)
+    store.set_node_trust("home-4090", "VERIFYING", "waiting for the probe", claim, 2)  # no change
+    store.set_node_trust("home-4090", "READY", "1 x RTX-4090 verified", claim, 3)
+    [node] = store.nodes(now=4)
+    assert (node["trust"], node["trust_reason"], node["claim"]) == (
+        "READY",
+        "1 x RTX-4090 verified",
+        claim,
+    )
+    trust = [r for r in store.audit() if r["kind"] == "node_trust"]
+    assert [(r["ts"], r["data"]["trust"]) for r in trust] == [(1, "VERIFYING"), (3, "READY")]
+
+
 def test_logs_are_numbered_from_one_and_read_from_where_the_reader_left(store: Store) -> None:
     job = submit(store)
     store.append_logs(job, [(1.0, "a"), (2.0, "b")], cursors=[2])
