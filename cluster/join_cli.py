@@ -205,12 +205,12 @@ def leave(
     name, head = str(running.get("name")), str(running.get("head"))
     if drain:
         out.print(f"Draining {name} on {head}...", highlight=False)
-        last: list[str] = []
+        last: list[object] = []
 
         def say(status: dict[str, object]) -> None:
             jobs = [str(j) for j in status.get("jobs") or []]  # type: ignore[attr-defined]
-            if jobs != last:
-                last[:] = jobs
+            if [status.get("state"), jobs] != last:
+                last[:] = [status.get("state"), jobs]
                 left = ", ".join(jobs) if jobs else "nothing"
                 out.print(f"  {status.get('state')}: still on it: {left}", highlight=False)
 

@@ -83,6 +83,18 @@ class Suspect:
 
 
 @dataclass
+class Retiring:
+    """A Service replica on a draining node whose replacement starts elsewhere: it serves on
+    until the replacement does, then leaves the serving table, then stops."""
+
+    worker: Any
+    group: str
+    app: str | None
+    node: str
+    unlisted_at: float | None = None
+
+
+@dataclass
 class Active:
     """A job that holds a placement group: PLACED (group not ready yet) or RUNNING."""
 
@@ -113,6 +125,8 @@ class Active:
     scaling: tuple[int, float] | None = None  # Service: (replicas the load asks for, since)
     stop_deadline: float | None = None  # asked to checkpoint and stop (a drain) until then
     stop_reason: str = ""
+    moving: dict[int, float] = field(default_factory=dict)  # Service replica -> drain began
+    retiring: dict[int, Retiring] = field(default_factory=dict)  # replaced, still serving
 
     @property
     def requests(self) -> list[actuator.BundleRequest]:
@@ -129,7 +143,8 @@ class Active:
         return sum(len(a.gpus) * a.gpu_fraction for a in self.live_bundles())
 
     def nodes(self) -> set[str]:
-        return {b.node for i, b in enumerate(self.bundles) if i not in self.missing}
+        held = {b.node for i, b in enumerate(self.bundles) if i not in self.missing}
+        return held | {r.node for r in self.retiring.values()}
 
     def slot_group(self, bundle: int) -> str:
         """The group a Service replica's keeper and application are named after: the
@@ -221,6 +236,8 @@ class MeshController(NodeKeeping, ControllerApi):
         for a in list(self.active.values()):
             gone = a.nodes() & lost or a.nodes() - set(self._nodes)
             if gone and a.kind == "Service" and a.started_at is not None:
+                for i in [i for i, r in a.retiring.items() if r.node in gone]:
+                    self._stop_retiring(a, i)
                 for i, b in enumerate(a.bundles):
                     if b.node in gone and i not in a.missing:
                         self._replica_lost(a, i, f"node {b.node} was lost", now)
@@ -230,6 +247,7 @@ class MeshController(NodeKeeping, ControllerApi):
         self._progress(now)
         self._autoscale(now)
         self._drain_nodes(now)
+        self._retire_moved(now)
         self._verify_nodes(now)
         # 3. plan (a node's verification is placed on it above, never by the policy)
         queued = [(job, run) for job, run in self.store.queued() if not verify.is_verify_job(job)]
@@ -514,6 +532,9 @@ class MeshController(NodeKeeping, ControllerApi):
         """Stop the last `count` replicas (those still waiting for a node first)."""
         keep = len(a.bundles) - count
         for i in range(keep, len(a.bundles)):
+            a.moving.pop(i, None)
+            if i in a.retiring:
+                self._stop_retiring(a, i)
             if i not in a.missing:
                 if a.workers[i] is not None:
                     actuator.release(None, [a.workers[i]])
@@ -531,7 +552,7 @@ class MeshController(NodeKeeping, ControllerApi):
         """A one-bundle demand per lost Service replica, as `job#bundle`, to place again."""
         found = {}
         for a in self.active.values():
-            for i in sorted(a.missing):
+            for i in sorted(a.missing | set(a.moving)):
                 found[f"{a.job}{REPLICA_MARK}{i}"] = dataclasses.replace(
                     a.demand, job=f"{a.job}{REPLICA_MARK}{i}", bundles=a.demand.bundles[:1]
                 )
@@ -551,7 +572,18 @@ class MeshController(NodeKeeping, ControllerApi):
         self._wake.set()
 
     def _replace(self, a: Active, bundle: int, where: BundleAssignment, now: float) -> None:
-        """Start a lost replica again where the plan put it."""
+        """Start a lost replica again where the plan put it; or the replacement of a replica
+        that moves off a draining node, which serves on until the replacement does."""
+        if a.moving.pop(bundle, None) is not None and a.workers[bundle] is not None:
+            a.retiring[bundle] = Retiring(
+                worker=a.workers[bundle],
+                group=a.slot_group(bundle),
+                app=a.bundle_progress.get(bundle, {}).get("app"),
+                node=a.bundles[bundle].node,
+            )
+            a.waits = {r: i for r, i in a.waits.items() if i != bundle}
+            a.log_refs = {r: i for r, i in a.log_refs.items() if i != bundle}
+            a.bundle_progress.pop(bundle, None)
         a.missing.discard(bundle)
         a.generations[bundle] += 1
         a.bundles = a.bundles[:bundle] + (where,) + a.bundles[bundle + 1 :]
@@ -721,6 +753,8 @@ class MeshController(NodeKeeping, ControllerApi):
         if a.kind == "Service":
             for i in range(len(a.bundles)):
                 actuator.delete_replica(a.slot_group(i), i)
+            for i in list(a.retiring):
+                self._stop_retiring(a, i)
         self.active.pop(a.job, None)
 
     @staticmethod
@@ -889,6 +923,11 @@ class MeshController(NodeKeeping, ControllerApi):
                 {"app": p["app"], "node": p.get("node", a.bundles[i].node), "bundle": i}
                 for i, p in sorted(a.bundle_progress.items())
                 if p.get("state") == "serving" and a.workers[i] is not None
+            ]
+            replicas += [
+                {"app": r.app, "node": r.node, "bundle": i}
+                for i, r in sorted(a.retiring.items())
+                if r.app and r.unlisted_at is None
             ]
             services.append(
                 {

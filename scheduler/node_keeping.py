@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from scheduler.controller import Active, Settings
 
 NODE_REFRESH_S = 30.0  # how often an alive node's last_seen is written
+UNLIST_S = 3.0  # a moved replica's old copy stops this long after it left the serving table
 DRAINING = "DRAINING"
 DRAINED = "DRAINED"
 
@@ -183,9 +184,7 @@ class NodeKeeping:
                     continue
                 left += 1
                 if a.kind == "Service" and a.started_at is not None:
-                    for i, b in enumerate(a.bundles):
-                        if b.node == name and i not in a.missing:
-                            self._replica_lost(a, i, why, now)
+                    self._move_replicas(a, name, now)
                 elif a.kind == "FineTune" and a.started_at is not None and a.stop_deadline is None:
                     a.stop_reason = why
                     a.stop_deadline = now + self.settings.drain_checkpoint_timeout_s
@@ -201,6 +200,48 @@ class NodeKeeping:
             if not left:
                 self.store.set_node_drain(name, now, by=None, drained=True)
                 self._node_states[name] = NodeState(DRAINED, "drained", False)
+
+    def _move_replicas(self, a: Active, name: str, now: float) -> None:
+        """A Service's replicas on draining node `name`: each serves on while its replacement is
+        placed elsewhere and starts (`_replace`, `_retire_moved`); one that no other node takes
+        within `drain_checkpoint_timeout_s` stops and waits for a node like a lost one."""
+        timeout = self.settings.drain_checkpoint_timeout_s
+        for i, b in enumerate(a.bundles):
+            if b.node != name or i in a.missing:
+                continue
+            since = a.moving.get(i)
+            if since is None:
+                a.moving[i] = now
+                self.store.append_logs(
+                    a.job, [(now, f"replica {i}: node {name} drains; starting it elsewhere first")]
+                )
+                self._wake.set()
+            elif now - since > timeout:
+                del a.moving[i]
+                why = f"node {name} drains and no other node took it within {timeout:g} s"
+                self._replica_lost(a, i, why, now)
+
+    def _retire_moved(self, now: float) -> None:
+        """Stop the old copy of each moved replica once its replacement serves: out of the
+        serving table first, stopped UNLIST_S later (the front reads the table every second)."""
+        for a in list(self.active.values()):
+            for i, r in list(a.retiring.items()):
+                if r.unlisted_at is not None:
+                    if now - r.unlisted_at >= UNLIST_S:
+                        self._stop_retiring(a, i)
+                        self.store.append_logs(
+                            a.job, [(now, f"replica {i}: its copy on {r.node} stopped")]
+                        )
+                    continue
+                p = a.bundle_progress.get(i, {})
+                serving = p.get("state") == "serving" and p.get("app") != r.app
+                if serving or i in a.missing or a.workers[i] is None:
+                    r.unlisted_at = now
+
+    def _stop_retiring(self, a: Active, bundle: int) -> None:
+        r = a.retiring.pop(bundle)
+        actuator.release(None, [r.worker])
+        actuator.delete_replica(r.group, bundle)
 
     def drain_node(self, name: str, by: str = "its volunteer") -> dict[str, Any]:
         """Start draining node `name` (`meshctl leave --drain`); its status."""

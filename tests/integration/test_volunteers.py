@@ -4,7 +4,7 @@ Each machine here is a real Ray node started by `meshctl join` (a `ray start` of
 session cluster's token), on this machine. Nodes whose GPUs are simulated (`--simulate-gpus`)
 account for GPUs; a node that claims a GPU without being marked simulated is probed like a
 real volunteer, and this machine has no GPU to show. Every job here is named vol-..., and the
-GPU models asked for (L40S, RTX-A6000) are ones no other test module uses.
+GPU models asked for (V100-32GB, RTX-A4000, RTX-A6000) are ones no other test module uses.
 """
 
 from __future__ import annotations
@@ -12,14 +12,18 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.integration.conftest import Mesh
+from tests.integration.test_serving import member_token
+from tests.integration.test_serving_chaos import replicas, service_doc
 from tests.integration.test_workloads import finetune_doc, register, rows, write_job
 from tests.tiny_llama import build_tiny_llama
 
@@ -216,16 +220,16 @@ def test_a_node_that_claims_a_gpu_it_lacks_is_suspect_and_gets_no_work(mesh: Mes
 def test_leave_drain_moves_a_finetune_to_another_volunteer_with_nothing_lost(
     mesh: Mesh, model: str, volunteers: list[Volunteer], tmp_path: Path
 ) -> None:
-    machines = {"vol-l40s-a": volunteers[0], "vol-l40s-b": volunteers[1]}
+    machines = {"vol-v100-a": volunteers[0], "vol-v100-b": volunteers[1]}
     for name, v in machines.items():
-        joined = v.join("--name", name, "--cpus", "2", "--simulate-gpus", "L40S:1")
+        joined = v.join("--name", name, "--cpus", "2", "--simulate-gpus", "V100-32GB:1")
         assert joined.returncode == 0, said(joined)
         assert wait_node(mesh, name, {"SIMULATED"})["simulated"] is True
 
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "rows.jsonl").write_text(rows(96))
     steps = 1500
-    doc = finetune_doc("vol-drain-ft", steps=steps, every=10_000, gpus=1, gpu_types=["L40S"])
+    doc = finetune_doc("vol-drain-ft", steps=steps, every=10_000, gpus=1, gpu_types=["V100-32GB"])
     doc["finetune"]["base_model"] = model
     r = meshctl("submit", write_job(tmp_path, doc), "--api", mesh.api, "--token", mesh.admin_token)
     assert r.returncode == 0, said(r)
@@ -254,3 +258,92 @@ def test_leave_drain_moves_a_finetune_to_another_volunteer_with_nothing_lost(
     assert gone["failures"] == 0  # a drained leave is no failure
     kinds = [r["kind"] for r in mesh.audit() if r["node"] == first]
     assert kinds[-3:] == ["node_drain", "node_drained", "node_leave"], kinds
+
+
+def test_leave_drain_moves_a_service_replica_with_no_failed_request(
+    mesh: Mesh, model: str, volunteers: list[Volunteer], tmp_path: Path
+) -> None:
+    """One replica, so a move that stopped it before its replacement served would fail requests
+    (503) for the engine's whole start: the old copy serves until the new one does."""
+    machines = {"vol-a4000-a": volunteers[0], "vol-a4000-b": volunteers[1]}
+    for name, v in machines.items():
+        joined = v.join("--name", name, "--cpus", "2", "--simulate-gpus", "RTX-A4000:1")
+        assert joined.returncode == 0, said(joined)
+        wait_node(mesh, name, {"SIMULATED"})
+    doc = service_doc()
+    doc["name"] = "vol-chat"
+    doc["resources"]["gpu_types"] = ["RTX-A4000"]  # type: ignore[index]
+    doc["service"] = {
+        "model": model,
+        "access": "public",
+        "replicas": {"min": 1},
+        "max_model_len": 128,
+    }
+    job_id = "bio-ml/vol-chat"
+    r = meshctl(
+        "submit",
+        write_job(tmp_path, doc),
+        "--api",
+        mesh.api,
+        "--token",
+        mesh.admin_token,
+        timeout=300,
+    )
+    assert r.returncode == 0, said(r)
+    try:
+        [before] = replicas(mesh, job_id)
+        first = str(before["node"])
+        [other] = set(machines) - {first}
+        url = mesh.api.rsplit("/api/v1", 1)[0] + "/v1/chat/completions"
+        member = {"Authorization": f"Bearer {member_token(mesh, 'bio-ml')}"}
+        stop = threading.Event()
+        codes: list[tuple[int, str]] = []
+
+        def user(k: int) -> None:  # no client retries: the mesh alone keeps requests whole
+            with httpx.Client(timeout=120, headers=member) as http:
+                n = 0
+                while not stop.is_set():
+                    n += 1
+                    body = {
+                        "model": job_id,
+                        "messages": [{"role": "user", "content": f"habari {k} {n}"}],
+                        "max_tokens": 8,
+                    }
+                    try:
+                        got = http.post(url, json=body)
+                        codes.append(
+                            (got.status_code, got.text[:200] if got.status_code != 200 else "")
+                        )
+                    except httpx.HTTPError as e:
+                        codes.append((0, f"{type(e).__name__}: {e}"))
+
+        users = [threading.Thread(target=user, args=(k,)) for k in range(4)]
+        for u in users:
+            u.start()
+        try:
+            time.sleep(3.0)
+            left = machines[first].leave("--drain")
+            assert left.returncode == 0, said(left)
+            time.sleep(3.0)  # and requests go on to the moved replica
+        finally:
+            stop.set()
+            for u in users:
+                u.join()
+        failed = [c for c in codes if c[0] != 200]
+        print(f"service drain: {len(codes) - len(failed)}/{len(codes)} requests ok")
+        assert len(codes) >= 50
+        assert not failed, failed[:5]
+        [after] = replicas(mesh, job_id)
+        assert after["node"] == other
+        assert after["state"] == "serving"
+        lines = [
+            x["line"]
+            for x in mesh.http.get(f"{mesh.api}/jobs/{job_id}/logs", headers=mesh.headers()).json()[
+                "lines"
+            ]
+        ]
+        assert f"replica 0: node {first} drains; starting it elsewhere first" in lines
+        assert f"replica 0: its copy on {first} stopped" in lines
+        assert wait_node(mesh, first, {"DOWN"})["failures"] == 0
+    finally:
+        mesh.http.delete(f"{mesh.api}/jobs/{job_id}", headers=mesh.headers())
