@@ -372,7 +372,13 @@ def drain(
     os.environ["RAY_AUTH_TOKEN"] = token
     import ray
 
-    ray.init(address=head, namespace="mesh", log_to_driver=False, logging_level=logging.ERROR)
+    try:
+        ray.init(address=head, namespace="mesh", log_to_driver=False, logging_level=logging.ERROR)
+    except Exception as e:  # ConnectionError, an auth error, a timeout: all mean the same here
+        raise JoinError(
+            f"cannot reach the mesh at {head} to drain this node ({type(e).__name__}: {e});"
+            " `meshctl leave` without --drain stops it now"
+        ) from None
     try:
         try:
             controller = ray.get_actor("mesh-controller", namespace="mesh")

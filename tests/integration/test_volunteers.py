@@ -178,6 +178,8 @@ def test_a_cpu_machine_joins_ready_gets_work_and_keeps_its_name_when_it_returns(
     assert "as vol-cpu" in said(back)
     view = wait_node(mesh, "vol-cpu", {"READY"})
     assert view["failures"] == 1  # a leave without a drain counts as a failure
+    assert view["mtbf_h"] is not None  # and gives the node an MTBF the scheduler reads
+    assert view["availability"] < 1
     assert v.leave().returncode == 0
 
 
