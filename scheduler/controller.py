@@ -565,6 +565,8 @@ class MeshController(NodeKeeping, ControllerApi):
             a.workers[bundle] = None
         actuator.delete_replica(a.slot_group(bundle), bundle)
         a.waits = {r: i for r, i in a.waits.items() if i != bundle}
+        # a reply already on its way from the old keeper would pass for the new one's
+        a.log_refs = {r: i for r, i in a.log_refs.items() if i != bundle}
         a.bundle_progress.pop(bundle, None)
         a.missing.add(bundle)
         self.store.append_logs(a.job, [(now, f"replica {bundle}: {reason}; placing it again")])
