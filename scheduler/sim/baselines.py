@@ -6,7 +6,7 @@ placement). Each call of `plan(snapshot, queue, running, now)`:
      `gpu_milli` on each of its GPUs, and its CPU and memory from `demand.bundles`.
   2. The queue in the policy's order: FIFO by `submitted_at` then id; LAS by GPU-seconds attained.
   3. Each job in turn is placed whole or not at all (gang); one that does not fit waits and later
-     jobs may still start: greedy, no reservations, no preemption.
+     jobs may still start: greedy, no reservations; only LAS preempts (jobs of a lower queue).
   4. Every queued job not placed gets a `Waiting` with its reason.
 
 The node rules are the FGD fill packers' (`scheduler.sim.packers`), called, not copied: GPUs in a
@@ -38,6 +38,7 @@ from scheduler.policy.model import (
     JobDemand,
     Placement,
     Plan,
+    Preemption,
     QueuedJob,
     RunningJob,
     Waiting,
@@ -500,14 +501,32 @@ class FifoFirstFit(_Greedy):
     name = "fifo-firstfit"
 
 
-class Las(_Greedy):
-    """Tiresias-style least attained service, placed first-fit; preempts nothing.
+LAS_THRESHOLDS_S = (3600.0,)
+"""Tiresias's discretized queues: a job with less than 1 GPU-hour attained is in queue 0, one
+with more in queue 1 (its two-queue setting for the Philly traces Gavel's are drawn from)."""
+LAS_MAX_VICTIMS = 64  # running jobs a queued job may look at to make room
 
-    The queue goes in order of GPU-seconds each job attained in earlier runs (it may have run,
-    been stopped and requeued), least first, then by submission time and id. `JobDemand` carries
-    no such figure, so the engine sets `attained_gpu_seconds` (job id -> GPU-seconds) before each
-    call; a job not in it has attained none. Tiresias also preempts the jobs that have attained
-    most; this baseline does not: running jobs keep running.
+
+def _least_share(demand: JobDemand) -> float:
+    """The least fraction of a GPU each of the job's GPUs takes (1 for whole GPUs)."""
+    if demand.exclusive:
+        return 1.0
+    if any(b.gpu_milli is None and b.gpu_memory_mib is not None for b in demand.bundles):
+        return 0.0  # its share depends on the GPU it lands on
+    shares = [b.gpu_milli / GPU_MILLI for b in demand.bundles if b.gpu_milli is not None]
+    return min(shares) if shares else 1.0
+
+
+class Las(_Greedy):
+    """Tiresias-style discretized least attained service (2D-LAS), placed first-fit.
+
+    A job's queue is set by the GPU-seconds it attained (`LAS_THRESHOLDS_S`); the queue goes
+    lowest queue first, FIFO within a queue. A queued job that does not fit preempts running jobs
+    of a lower queue (higher index), the most attained first, when stopping them makes room for
+    it; jobs of the same queue never preempt each other. Preempted jobs keep their work (the
+    engine checkpoints them) and wait in their queue. `JobDemand` carries no attained figure, so
+    the engine sets `attained_gpu_seconds` (job id -> GPU-seconds, running jobs included) before
+    each call; a job not in it has attained none.
     """
 
     name = "las"
@@ -515,9 +534,83 @@ class Las(_Greedy):
     def __init__(self, attained_gpu_seconds: Mapping[str, float] | None = None) -> None:
         self.attained_gpu_seconds: Mapping[str, float] = dict(attained_gpu_seconds or {})
 
+    def level(self, job: str) -> int:
+        return bisect.bisect_right(LAS_THRESHOLDS_S, self.attained_gpu_seconds.get(job, 0.0))
+
     def order(self, queue: Sequence[JobDemand]) -> list[JobDemand]:
-        attained = self.attained_gpu_seconds
-        return sorted(queue, key=lambda d: (attained.get(d.job, 0.0), d.submitted_at, d.job))
+        return sorted(queue, key=lambda d: (self.level(d.job), d.submitted_at, d.job))
+
+    def plan(
+        self,
+        snapshot: ClusterSnapshot,
+        queue: Sequence[QueuedJob],
+        running: Sequence[RunningJob],
+        now: float,
+    ) -> Plan:
+        kept = list(running)
+        placed: list[RunningJob] = []  # this call's placements, as the cluster holds them
+        preempted: list[Preemption] = []
+        cluster = _Cluster(snapshot, kept)
+        held = {r.demand.job for r in running}
+        queued = [q.demand for q in queue if q.demand.job not in held]
+        waiting: list[Waiting] = []
+        for demand in self.order(queued):
+            got = self.place(cluster, _Job(demand))
+            if isinstance(got, _Fail):
+                made = self._make_room(snapshot, demand, kept, placed)
+                if made is None:
+                    waiting.append(Waiting(demand.job, (got.reason,)))
+                    continue
+                cluster, got, victims = made
+                kept = [r for r in kept if r not in victims]
+                queue_of = self.level(demand.job)
+                preempted += [
+                    Preemption(
+                        v.demand.job,
+                        f"las: queue {self.level(v.demand.job)} job stopped for {demand.job}"
+                        f" (queue {queue_of})",
+                    )
+                    for v in victims
+                ]
+            placed.append(RunningJob(demand, got, now))
+        return Plan(
+            placements=tuple(Placement(r.demand.job, r.bundles) for r in placed),
+            preemptions=tuple(preempted),
+            waiting=tuple(waiting),
+        )
+
+    def _make_room(
+        self,
+        snapshot: ClusterSnapshot,
+        demand: JobDemand,
+        kept: list[RunningJob],
+        placed: list[RunningJob],
+    ) -> tuple[_Cluster, tuple[BundleAssignment, ...], list[RunningJob]] | None:
+        """The fewest running jobs of lower queues, most attained first, whose stop lets
+        `demand` start; the cluster without them and with `demand`; None if none do."""
+        mine = self.level(demand.job)
+        lower = sorted(
+            (r for r in kept if self.level(r.demand.job) > mine),
+            key=lambda r: (-self.level(r.demand.job), -r.attained_gpu_seconds, r.demand.job),
+        )[:LAS_MAX_VICTIMS]
+        if not lower:
+            return None
+        # whole GPUs free now: stopping fewer victims than make up the rest cannot be enough
+        total = sum(len(n.gpus) for n in snapshot.nodes if n.schedulable)
+        free = total - sum(r.gpus_held() for r in kept) - sum(r.gpus_held() for r in placed)
+        victims: list[RunningJob] = []
+        freed = 0.0
+        for r in lower:
+            victims.append(r)
+            freed += r.gpus_held()
+            if free + freed + _EPS < demand.gpus * _least_share(demand):
+                continue
+            rest = [k for k in kept if k not in victims] + placed
+            cluster = _Cluster(snapshot, rest)
+            got = self.place(cluster, _Job(demand))
+            if not isinstance(got, _Fail):
+                return cluster, got, victims
+        return None
 
 
 class BestFit(_Greedy):

@@ -145,9 +145,9 @@ def test_ray_default_packs_one_group_then_moves_to_the_next_best_node() -> None:
     assert [n for n, _ in where(plan)["c/x"]] == ["a", "a", "a", "a", "c"]
 
 
-def test_las_starts_the_job_that_attained_least_first_then_the_earliest() -> None:
+def test_las_starts_the_lower_queue_first_and_fifo_within_a_queue() -> None:
     policy = Las()
-    policy.attained_gpu_seconds = {"c/old": 7200.0, "c/mid": 60.0}
+    policy.attained_gpu_seconds = {"c/old": 7200.0, "c/mid": 60.0}  # queues 1 and 0
     queue = [
         job("old", submitted=0),
         job("mid", submitted=1),
@@ -155,9 +155,40 @@ def test_las_starts_the_job_that_attained_least_first_then_the_earliest() -> Non
         job("new", submitted=2),
     ]
     plan = plan_of(policy, [node("a", 2)], queue)
-    assert list(where(plan)) == ["c/new", "c/new-late"]
-    assert [w.job for w in plan.waiting] == ["c/mid", "c/old"]
+    assert list(where(plan)) == ["c/mid", "c/new"]
+    assert [w.job for w in plan.waiting] == ["c/new-late", "c/old"]
     assert list(where(plan_of(FifoFirstFit(), [node("a", 2)], queue))) == ["c/old", "c/mid"]
+
+
+def test_las_preempts_the_lower_queue_most_attained_first_and_only_when_it_makes_room() -> None:
+    nodes = [node("a", 2)]
+    policy = Las()
+    policy.attained_gpu_seconds = {"c/long": 9000.0, "c/longer": 20000.0, "c/short": 100.0}
+    snapshot = ClusterSnapshot(tuple(nodes))
+    running = [
+        RunningJob(job("long"), (BundleAssignment("a", (0,)),), 0.0, 9000.0),
+        RunningJob(job("longer"), (BundleAssignment("a", (1,)),), 0.0, 20000.0),
+    ]
+    plan = policy.plan(snapshot, [QueuedJob(job("fresh", submitted=5))], running, 10.0)
+    assert [p.job for p in plan.preemptions] == ["c/longer"]  # one is enough: the most attained
+    assert plan.preemptions[0].reason == "las: queue 1 job stopped for c/fresh (queue 0)"
+    assert where(plan) == {"c/fresh": [("a", (1,))]}
+
+    # a job of the same queue never preempts, and one that cannot fit even then preempts nobody
+    same = policy.plan(snapshot, [QueuedJob(job("again", submitted=6))], running[:1], 10.0)
+    assert not same.preemptions
+    policy.attained_gpu_seconds = {"c/long": 9000.0, "c/again": 9500.0}
+    same = policy.plan(snapshot, [QueuedJob(job("again", 2, submitted=6))], running[:1], 10.0)
+    assert not same.preemptions
+    assert not same.placements
+    policy.attained_gpu_seconds = {"c/long": 9000.0}
+    big = policy.plan(snapshot, [QueuedJob(job("big", 4))], running[:1], 10.0)
+    assert not big.preemptions
+    assert [w.job for w in big.waiting] == ["c/big"]
+    short = RunningJob(job("short"), (BundleAssignment("a", (1,)),), 0.0, 100.0)
+    policy.attained_gpu_seconds = {"c/long": 9000.0, "c/short": 100.0}
+    both = policy.plan(snapshot, [QueuedJob(job("pair", 2))], [running[0], short], 10.0)
+    assert not both.preemptions  # stopping `long` alone is not enough, and `short` is queue 0
 
 
 # ------------------------------------------------------------------ what every one keeps
