@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -237,7 +237,6 @@ class JoinResult:
     pid: int
     seconds: float
     log: Path
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _tail(path: Path, lines: int = 15) -> str:

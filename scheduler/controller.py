@@ -159,6 +159,13 @@ class Active:
         kept = len(self.bundles) - len(self.missing)
         return dataclasses.replace(self.demand, bundles=self.demand.bundles[:kept])
 
+    def forget_keeper(self, bundle: int) -> None:
+        """Stop watching replica `bundle`'s keeper: its end, its log replies (one already on
+        its way would pass for the next keeper's) and its progress."""
+        self.waits = {r: i for r, i in self.waits.items() if i != bundle}
+        self.log_refs = {r: i for r, i in self.log_refs.items() if i != bundle}
+        self.bundle_progress.pop(bundle, None)
+
     def live_bundles(self) -> tuple[BundleAssignment, ...]:
         return tuple(b for i, b in enumerate(self.bundles) if i not in self.missing)
 
@@ -350,10 +357,9 @@ class MeshController(NodeKeeping, ControllerApi):
         """The group is ready: start the workers; the job is RUNNING once they all answer."""
         a.ready_ref = None
         row = self.store.job(a.job)
-        observed = {n["name"]: n["mtbf_h"] for n in self.store.nodes(time.time())}
+        # a node's MTBF: its observed history, else its stated mtbf_h (`_observe_nodes`)
         mtbf_s = placement_mtbf_s(
-            observed.get(b.node) or (self._nodes[b.node].mtbf_h if b.node in self._nodes else None)
-            for b in a.bundles
+            self._nodes[b.node].mtbf_h if b.node in self._nodes else None for b in a.bundles
         )
         if a.kind == "Service" and not a.generations:
             a.generations = [0] * len(a.bundles)
@@ -564,10 +570,7 @@ class MeshController(NodeKeeping, ControllerApi):
             actuator.release(None, [a.workers[bundle]])
             a.workers[bundle] = None
         actuator.delete_replica(a.slot_group(bundle), bundle)
-        a.waits = {r: i for r, i in a.waits.items() if i != bundle}
-        # a reply already on its way from the old keeper would pass for the new one's
-        a.log_refs = {r: i for r, i in a.log_refs.items() if i != bundle}
-        a.bundle_progress.pop(bundle, None)
+        a.forget_keeper(bundle)
         a.missing.add(bundle)
         self.store.append_logs(a.job, [(now, f"replica {bundle}: {reason}; placing it again")])
         self._store_service_progress(a)
@@ -583,9 +586,7 @@ class MeshController(NodeKeeping, ControllerApi):
                 app=a.bundle_progress.get(bundle, {}).get("app"),
                 node=a.bundles[bundle].node,
             )
-            a.waits = {r: i for r, i in a.waits.items() if i != bundle}
-            a.log_refs = {r: i for r, i in a.log_refs.items() if i != bundle}
-            a.bundle_progress.pop(bundle, None)
+            a.forget_keeper(bundle)
         a.missing.discard(bundle)
         a.generations[bundle] += 1
         a.bundles = a.bundles[:bundle] + (where,) + a.bundles[bundle + 1 :]

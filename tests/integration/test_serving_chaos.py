@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
@@ -89,6 +91,32 @@ def service_doc() -> dict[str, object]:
     }
 
 
+def chat_until(
+    stop: threading.Event,
+    url: str,
+    headers: dict[str, str],
+    model: str,
+    k: int,
+    codes: list[tuple[int, str]],
+) -> None:
+    """User `k`: chat requests to `url` one after another, no client retries, until `stop`;
+    each one's status (0: no answer) and, when not 200, what came back."""
+    with httpx.Client(timeout=120, headers=headers) as http:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            body = {
+                "model": model,
+                "messages": [{"role": "user", "content": f"habari {k} {n}"}],
+                "max_tokens": 8,
+            }
+            try:
+                r = http.post(url, json=body)
+                codes.append((r.status_code, r.text[:200] if r.status_code != 200 else ""))
+            except httpx.HTTPError as e:
+                codes.append((0, f"{type(e).__name__}: {e}"))
+
+
 def replicas(mesh: Mesh, job_id: str = SERVICE) -> list[dict[str, object]]:
     job = mesh.job(job_id)
     assert job["state"] not in TERMINAL, job
@@ -150,10 +178,6 @@ def test_a_service_scales_up_under_load_and_back_down_when_it_ends(
 ) -> None:
     """min 1, max 2, one request in flight per replica: the load asks for the second replica
     (placed by the scheduler on the other volunteer), and its end gives that GPU back."""
-    import threading
-
-    import httpx
-
     register(mesh, build_tiny_llama(tmp_path / "tiny"), "bio-ml/as-tiny", source="tests")
     doc = service_doc()
     doc["name"] = "as-chat"
@@ -224,10 +248,6 @@ def test_a_node_removed_gracefully_moves_its_replica_without_a_failed_request(
 ) -> None:
     """No client retries here: the front alone must keep every request whole while a
     volunteer leaves (Ray told first, as when its owner stops Ray) and the replica moves."""
-    import threading
-
-    import httpx
-
     register(mesh, build_tiny_llama(tmp_path / "tiny"), "bio-ml/mv-tiny", source="tests")
     doc = service_doc()
     doc["name"] = "mv-chat"
@@ -240,20 +260,7 @@ def test_a_node_removed_gracefully_moves_its_replica_without_a_failed_request(
     codes: list[tuple[int, str]] = []
 
     def user(k: int) -> None:
-        with httpx.Client(timeout=120, headers=member) as http:
-            n = 0
-            while not stop.is_set():
-                n += 1
-                body = {
-                    "model": job_id,
-                    "messages": [{"role": "user", "content": f"habari {k} {n}"}],
-                    "max_tokens": 8,
-                }
-                try:
-                    r = http.post(url, json=body)
-                    codes.append((r.status_code, r.text[:200] if r.status_code != 200 else ""))
-                except httpx.HTTPError as e:
-                    codes.append((0, f"{type(e).__name__}: {e}"))
+        chat_until(stop, url, member, job_id, k, codes)
 
     gpu = Gpu(0, "RTX-A5000", 24.0, (8, 6))
     with extra_nodes(mesh, gpu, "mv-a", "mv-b") as nodes:

@@ -18,12 +18,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from tests.integration.conftest import Mesh
 from tests.integration.test_serving import member_token
-from tests.integration.test_serving_chaos import replicas, service_doc
+from tests.integration.test_serving_chaos import chat_until, replicas, service_doc
 from tests.integration.test_workloads import finetune_doc, register, rows, write_job
 from tests.tiny_llama import build_tiny_llama
 
@@ -302,22 +301,7 @@ def test_leave_drain_moves_a_service_replica_with_no_failed_request(
         codes: list[tuple[int, str]] = []
 
         def user(k: int) -> None:  # no client retries: the mesh alone keeps requests whole
-            with httpx.Client(timeout=120, headers=member) as http:
-                n = 0
-                while not stop.is_set():
-                    n += 1
-                    body = {
-                        "model": job_id,
-                        "messages": [{"role": "user", "content": f"habari {k} {n}"}],
-                        "max_tokens": 8,
-                    }
-                    try:
-                        got = http.post(url, json=body)
-                        codes.append(
-                            (got.status_code, got.text[:200] if got.status_code != 200 else "")
-                        )
-                    except httpx.HTTPError as e:
-                        codes.append((0, f"{type(e).__name__}: {e}"))
+            chat_until(stop, url, member, job_id, k, codes)
 
         users = [threading.Thread(target=user, args=(k,)) for k in range(4)]
         for u in users:
