@@ -133,12 +133,16 @@ def profile_of(
     demands: Iterable[JobDemand], limit: int = PROFILE_SHAPES
 ) -> list[tuple[Shape, float]]:
     """The workload's distribution of bundle shapes (the `limit` most common), weights sum to 1."""
-    counts: dict[Shape, int] = {}
+    kinds: dict[tuple[Any, ...], int] = {}  # jobs alike in shape counted once, then expanded
     for d in demands:
-        for b in d.bundles:
+        key = (d.bundles, d.exclusive, d.gpu_models, d.min_cc)
+        kinds[key] = kinds.get(key, 0) + 1
+    counts: dict[Shape, int] = {}
+    for (bundles, exclusive, models, min_cc), n in kinds.items():
+        for b in bundles:
             if b.gpus:
-                s = Shape.of(d, b)
-                counts[s] = counts.get(s, 0) + 1
+                s = Shape(b, exclusive, models, min_cc)
+                counts[s] = counts.get(s, 0) + n
     ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:limit]
     total = sum(c for _, c in ranked)
     return [(s, c / total) for s, c in ranked] if total else []

@@ -112,6 +112,21 @@ class _Round:
         self.notes: dict[str, list[str]] = {}
         self.order: list[JobDemand] = []
         self._ends: dict[str, list[float]] | None = None
+        # Deep queues hold many jobs of a few shapes: where a job of some shape would go is
+        # asked once per state of the round (`epoch`: bumped by every placement, preemption and
+        # reservation) and reused for every later job that the placer cannot tell apart.
+        self.epoch = 0
+        self._tries: dict[tuple[object, ...], tuple[BundleAssignment, ...] | None] = {}
+        self._tries_epoch = 0
+        # reservations set aside on the placer now: (which, undo token, GPU thousandths)
+        self._held: tuple[frozenset[int], tuple[int, bool], int] | None = None
+        self._faster: dict[
+            tuple[object, ...], tuple[str, float, list[tuple[str, float, float]]] | None
+        ] = {}
+        self._faster_epoch = 0
+        self._failed: dict[tuple[object, ...], list[frozenset[int]]] = {}  # cleared by preemption
+        self._models = sorted({m for t in self.placer.types for m in t.models})
+        self._reliability_matters = any(t.mtbf_h is not None for t in self.placer.types)
 
     # ------------------------------------------------------------------ 2. order
 
@@ -148,6 +163,7 @@ class _Round:
                 if placed:
                     held[c] = held.get(c, 0.0) + d.gpus
                 out.append(d)
+        self._unhold()
         return out
 
     # ------------------------------------------------------------ 3.-5. placing
@@ -155,35 +171,100 @@ class _Round:
     def _end(self, d: JobDemand) -> float:
         return self.now + d.runtime_s if d.runtime_s is not None else math.inf
 
-    def _holds(self, end: float) -> list[tuple[str, list[int], int, int]]:
-        """Capacity that a job ending at `end` must leave alone so no reservation slips."""
+    def _holds(self, which: frozenset[int]) -> list[tuple[str, list[int], int, int]]:
+        """Capacity that must be left alone so that the reservations `which` do not slip."""
         out = []
-        for r in self.reservations:
-            if end <= r.start:
-                continue
+        for i in sorted(which):
+            r = self.reservations[i]
             for node, row in r.need.items():
                 rel = r.released.get(node, [0] * len(row))
                 held = [max(0, x - y) for x, y in zip(row, rel, strict=True)]
                 out.append((node, held[:-2], held[-2], held[-1]))
         return out
 
-    def _place_respecting(self, d: JobDemand) -> tuple[BundleAssignment, ...] | None:
-        holds = self._holds(self._end(d))
-        if not holds:
-            return self.placer.place(d)
+    def _hold(self, which: frozenset[int]) -> None:
+        """Set aside what the reservations `which` need (undone by `_unhold`). Consecutive
+        searches behind the same reservations share one setting-aside."""
+        if self._held is not None and self._held[0] == which:
+            return
+        self._unhold()
+        if not which:
+            return
         token = self.placer.begin()
-        for node, gpus, cpu, mem in holds:
+        before = self.placer.free_gpu_milli
+        for node, gpus, cpu, mem in self._holds(which):
+            by_amount: dict[int, list[int]] = {}
             for g, amount in enumerate(gpus):
                 if amount:
-                    self.placer.allocate(node, (g,), amount, 0, 0)
-            self.placer.allocate(node, (), 0, cpu, mem)
-        got = self.placer.place(d)
-        self.placer.end(token, keep=False)
-        if got is not None:
-            self.placer.allocate_assignments(d, got)
+                    by_amount.setdefault(amount, []).append(g)
+            for amount, idxs in by_amount.items():
+                self.placer.allocate(node, idxs, amount, 0, 0)
+            if cpu or mem:
+                self.placer.allocate(node, (), 0, cpu, mem)
+        self._held = (which, token, before - self.placer.free_gpu_milli)
+
+    def _unhold(self) -> None:
+        """Give back what `_hold` set aside; before anything changes the round's state."""
+        if self._held is not None:
+            self.placer.end(self._held[1], keep=False)
+            self._held = None
+
+    def _alike(self, d: JobDemand) -> tuple[object, ...]:
+        """What decides where the placer puts `d` and whether it waits for faster GPUs: jobs with
+        equal keys are treated alike (their measured speeds, None where the catalogue's apply)."""
+        measured = self.snapshot.speeds
+        speeds = (
+            tuple(measured.get((d.job, m)) for m in self._models) if d.speed_sensitive else None
+        )
+        runtime = d.runtime_s if self._reliability_matters else None
+        return (d.bundles, d.placement, d.exclusive, d.gpu_models, d.min_cc, speeds, runtime)
+
+    def _tried(self, key: tuple[object, ...]) -> tuple[bool, tuple[BundleAssignment, ...] | None]:
+        if self._tries_epoch != self.epoch:
+            self._tries.clear()
+            self._tries_epoch = self.epoch
+        if key in self._tries:
+            return True, self._tries[key]
+        return False, None
+
+    def _where(
+        self, d: JobDemand, alike: tuple[object, ...]
+    ) -> tuple[BundleAssignment, ...] | None:
+        """Where `d` would go now without delaying a reservation (None: nowhere); changes
+        nothing. Capacity only shrinks during a round (until a preemption) and reservations are
+        only added, so a job that found no room finds none later with the same reservations or
+        more in its way: such failures are remembered across the round."""
+        held = self._held[2] if self._held is not None else 0
+        if self.placer.least_gpu_milli(d) > self.placer.free_gpu_milli + held:
+            return None
+        end = self._end(d)
+        holds = frozenset(i for i, r in enumerate(self.reservations) if end > r.start)
+        if any(h <= holds for h in self._failed.get(alike, ())):
+            return None
+        key = (alike, holds)
+        known, got = self._tried(key)
+        if not known:
+            self._hold(holds)
+            token = self.placer.begin()
+            got = self._tries[key] = self.placer.place(d)
+            self.placer.end(token, keep=False)
+            if got is None:
+                self._failed.setdefault(alike, []).append(holds)
         return got
 
+    def _fits(self, d: JobDemand) -> bool:
+        """Whether `d` would fit now, reservations aside."""
+        key = (self._alike(d), None)
+        known, got = self._tried(key)
+        if not known:
+            self._unhold()
+            token = self.placer.begin()
+            got = self._tries[key] = self.placer.place(d)
+            self.placer.end(token, keep=False)
+        return got is not None
+
     def _record(self, d: JobDemand, bundles: tuple[BundleAssignment, ...]) -> None:
+        self.epoch += 1
         self.placements.append(Placement(d.job, bundles))
         end = self._end(d)
         self.active[d.job] = _Active(d, bundles, end)
@@ -211,28 +292,27 @@ class _Round:
                 if 0 <= g < len(n.node.gpus):
                     bisect.insort(self._ends.setdefault(n.node.gpus[g].model, []), end)
 
-    def _faster_soon(self, d: JobDemand, got: tuple[BundleAssignment, ...]) -> str | None:
+    def _faster_soon(
+        self, d: JobDemand, got: tuple[BundleAssignment, ...], alike: tuple[object, ...]
+    ) -> str | None:
         """Why `d` should wait rather than start on `got`, when GPUs of a faster model free up
         soon enough that it would end sooner there (earliest finish time); None to start now."""
         if not (d.speed_sensitive and d.runtime_s and all(a.gpu_milli >= GPU_MILLI for a in got)):
             return None
-        models = [self.placer.by_name[a.node].node.gpus[g].model for a in got for g in a.gpus]
-        measured = self.snapshot.speeds
-        if not models or any((d.job, m) not in measured for m in models):
-            return None  # only a measured speed-up is worth waiting for, not the catalogue's guess
-        slow = min(models, key=lambda m: self.placer.speed(d, m))
-        speed_now = self.placer.speed(d, slow)
+        models = tuple(self.placer.by_name[a.node].node.gpus[g].model for a in got for g in a.gpus)
+        key = (alike, models)
+        if self._faster_epoch != self.epoch:
+            self._faster.clear()
+            self._faster_epoch = self.epoch
+        if key not in self._faster:
+            self._faster[key] = self._faster_models(d, models)
+        found = self._faster[key]
+        if found is None:
+            return None
+        slow, speed_now, options = found
         end_now = self.now + d.runtime_s / speed_now
         best: tuple[float, str, float] | None = None
-        for model, ends in self._model_ends().items():
-            if (d.job, model) not in measured:
-                continue
-            speed = measured[(d.job, model)]
-            if speed <= speed_now * (1 + FASTER_BY) or len(ends) < len(models):
-                continue
-            if d.gpu_models is not None and model not in d.gpu_models:
-                continue
-            free_at = max(self.now, ends[len(models) - 1])
+        for model, speed, free_at in options:
             end = free_at + d.runtime_s / speed
             if end < end_now and (best is None or end < best[0]):
                 best = (end, model, free_at)
@@ -245,17 +325,42 @@ class _Round:
             f"started now on {slow}"
         )
 
+    def _faster_models(
+        self, d: JobDemand, models: tuple[str, ...]
+    ) -> tuple[str, float, list[tuple[str, float, float]]] | None:
+        """For jobs like `d` offered GPUs of `models`: the slowest of them, its speed, and the
+        measurably faster models with the time enough of their GPUs free up. The same for every
+        job that `_alike` cannot tell apart, until the next placement."""
+        measured = self.snapshot.speeds
+        if not models or any((d.job, m) not in measured for m in models):
+            return None  # only a measured speed-up is worth waiting for, not the catalogue's guess
+        slow = min(models, key=lambda m: self.placer.speed(d, m))
+        speed_now = self.placer.speed(d, slow)
+        options = []
+        for model, ends in self._model_ends().items():
+            if (d.job, model) not in measured:
+                continue
+            speed = measured[(d.job, model)]
+            if speed <= speed_now * (1 + FASTER_BY) or len(ends) < len(models):
+                continue
+            if d.gpu_models is not None and model not in d.gpu_models:
+                continue
+            options.append((model, speed, max(self.now, ends[len(models) - 1])))
+        return slow, speed_now, options
+
     def consider(self, d: JobDemand) -> bool:
-        got = self._place_respecting(d)
+        alike = self._alike(d)
+        got = self._where(d, alike)
         if got is not None:
-            why = self._faster_soon(d, got)
+            why = self._faster_soon(d, got, alike)
             if why is None:
+                self._unhold()
+                self.placer.allocate_assignments(d, got)
                 self._record(d, got)
                 return True
-            self.placer.allocate_assignments(d, got, sign=-1)
             self.blocked[d.job] = why
             return False
-        if self.reservations and self.placer.fits(d):
+        if self.reservations and self._fits(d):
             r = min(self.reservations, key=lambda r: r.start)
             self.blocked[d.job] = (
                 f"fits now, but would delay {r.job}, reserved to start in"
@@ -267,6 +372,7 @@ class _Round:
                 )
             )
             return False
+        self._unhold()
         if d.priority == 2 and self._preempt_for(d):
             got = self.placer.place(d)
             assert got is not None  # _preempt_for only succeeds when the job then fits
@@ -336,6 +442,8 @@ class _Round:
             options,
             key=lambda v: (sum(self._lost(r) for r in v), sorted(r.demand.job for r in v)),
         )
+        self.epoch += 1
+        self._failed.clear()  # capacity given back: what failed before may fit now
         need = describe_need(d)
         for r in sorted(victims, key=lambda r: r.demand.job):
             self.placer.allocate_assignments(r.demand, r.bundles, sign=-1)
@@ -412,6 +520,7 @@ class _Round:
         for a in ends[:k]:
             _add_usage(res.released, self.placer, a.demand, a.bundles)
         self.reservations.append(res)
+        self.epoch += 1
 
     # --------------------------------------------------------------- 6. result
 
