@@ -19,6 +19,7 @@ No I/O, no clock (`now` is an argument), no randomness: the same input gives the
 from __future__ import annotations
 
 import bisect
+import heapq
 import math
 from collections import deque
 from collections.abc import Sequence
@@ -118,13 +119,16 @@ class _Round:
         self.epoch = 0
         self._tries: dict[tuple[object, ...], tuple[BundleAssignment, ...] | None] = {}
         self._tries_epoch = 0
+        self._alike_ids: dict[tuple[object, ...], int] = {}
+        self._shape_ids: dict[tuple[object, ...], int] = {}
+        self._shape_of: dict[str, int] = {}  # job -> the number of its bundles and constraints
         # reservations set aside on the placer now: (which, undo token, GPU thousandths)
         self._held: tuple[frozenset[int], tuple[int, bool], int] | None = None
         self._faster: dict[
             tuple[object, ...], tuple[str, float, list[tuple[str, float, float]]] | None
         ] = {}
         self._faster_epoch = 0
-        self._failed: dict[tuple[object, ...], list[frozenset[int]]] = {}  # cleared by preemption
+        self._failed: dict[int, list[frozenset[int]]] = {}  # cleared by preemption
         self._models = sorted({m for t in self.placer.types for m in t.models})
         self._reliability_matters = any(t.mtbf_h is not None for t in self.placer.types)
 
@@ -149,20 +153,24 @@ class _Round:
             same = (d for d in self.queue if d.priority == prio)
             for d in sorted(same, key=lambda d: within_community(d, self.now)):
                 fifo.setdefault(d.community, deque()).append(d)
-            while fifo:
 
-                def share(c: str) -> tuple[float, float, str]:
-                    w = max(weights.get(c, 1.0), 1e-9)
-                    return (held.get(c, 0.0) / w, attained.get(c, 0.0) / w, c)
+            def share(c: str) -> tuple[float, float, str]:
+                w = max(weights.get(c, 1.0), 1e-9)
+                return (held.get(c, 0.0) / w, attained.get(c, 0.0) / w, c)
 
-                c = min(fifo, key=share)
+            # the community with the smallest share goes next: a heap, as only the community
+            # whose job was just placed changes its share
+            turn = [share(c) for c in fifo]
+            heapq.heapify(turn)
+            while turn:
+                c = heapq.heappop(turn)[2]
                 d = fifo[c].popleft()
-                if not fifo[c]:
-                    del fifo[c]
                 placed = self.consider(d) if place else False
                 if placed:
                     held[c] = held.get(c, 0.0) + d.gpus
                 out.append(d)
+                if fifo[c]:
+                    heapq.heappush(turn, share(c))
         self._unhold()
         return out
 
@@ -209,15 +217,18 @@ class _Round:
             self.placer.end(self._held[1], keep=False)
             self._held = None
 
-    def _alike(self, d: JobDemand) -> tuple[object, ...]:
-        """What decides where the placer puts `d` and whether it waits for faster GPUs: jobs with
-        equal keys are treated alike (their measured speeds, None where the catalogue's apply)."""
+    def _alike(self, d: JobDemand) -> int:
+        """What decides where the placer puts `d` and whether it waits for faster GPUs, as a
+        number: jobs with equal numbers are treated alike (the same bundles and constraints, the
+        same measured speeds, None where the catalogue's apply)."""
         measured = self.snapshot.speeds
         speeds = (
             tuple(measured.get((d.job, m)) for m in self._models) if d.speed_sensitive else None
         )
         runtime = d.runtime_s if self._reliability_matters else None
-        return (d.bundles, d.placement, d.exclusive, d.gpu_models, d.min_cc, speeds, runtime)
+        shape = (d.bundles, d.placement, d.exclusive, d.gpu_models, d.min_cc)
+        shape_id = self._shape_of[d.job] = self._shape_ids.setdefault(shape, len(self._shape_ids))
+        return self._alike_ids.setdefault((shape_id, speeds, runtime), len(self._alike_ids))
 
     def _tried(self, key: tuple[object, ...]) -> tuple[bool, tuple[BundleAssignment, ...] | None]:
         if self._tries_epoch != self.epoch:
@@ -227,9 +238,7 @@ class _Round:
             return True, self._tries[key]
         return False, None
 
-    def _where(
-        self, d: JobDemand, alike: tuple[object, ...]
-    ) -> tuple[BundleAssignment, ...] | None:
+    def _where(self, d: JobDemand, alike: int) -> tuple[BundleAssignment, ...] | None:
         """Where `d` would go now without delaying a reservation (None: nowhere); changes
         nothing. Capacity only shrinks during a round (until a preemption) and reservations are
         only added, so a job that found no room finds none later with the same reservations or
@@ -293,7 +302,7 @@ class _Round:
                     bisect.insort(self._ends.setdefault(n.node.gpus[g].model, []), end)
 
     def _faster_soon(
-        self, d: JobDemand, got: tuple[BundleAssignment, ...], alike: tuple[object, ...]
+        self, d: JobDemand, got: tuple[BundleAssignment, ...], alike: int
     ) -> str | None:
         """Why `d` should wait rather than start on `got`, when GPUs of a faster model free up
         soon enough that it would end sooner there (earliest finish time); None to start now."""
@@ -526,8 +535,9 @@ class _Round:
 
     def result(self) -> Plan:
         placed = {p.job for p in self.placements}
+        reserved = {r.job: r for r in self.reservations}
         waiting = []
-        cache: dict[JobDemand, list[str]] = {}
+        cache: dict[object, list[str]] = {}
         for d in self.order:
             if d.job in placed:
                 continue
@@ -535,12 +545,15 @@ class _Round:
             if d.job in self.blocked:
                 reasons.append(self.blocked[d.job])
             else:
-                key = _shape_key(d)
+                # jobs alike in bundles and constraints wait for the same reasons
+                key: object = self._shape_of.get(d.job)
+                if key is None:
+                    key = _shape_key(d)
                 if key not in cache:
                     cache[key] = explain(self.placer, d)
                 reasons += cache[key]
             reasons += self.notes.get(d.job, [])
-            res = next((r for r in self.reservations if r.job == d.job), None)
+            res = reserved.get(d.job)
             if res is not None:
                 n = sum(1 for a in self.active.values() if a.end <= res.start)
                 reasons.append(
