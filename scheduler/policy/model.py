@@ -71,7 +71,18 @@ class JobDemand:
 
     @property
     def gpus(self) -> int:
-        return sum(b.gpus for b in self.bundles)
+        b = self.bundles
+        if b and all(x is b[0] for x in b):  # the usual case: one bundle object, repeated
+            return b[0].gpus * len(b)
+        return sum(x.gpus for x in b)
+
+    @property
+    def bundles_key(self) -> tuple[object, ...]:
+        """The bundles as a key that is cheap to hash when they are one object repeated."""
+        b = self.bundles
+        if b and all(x is b[0] for x in b):
+            return (b[0], len(b))
+        return b
 
 
 def demand_from_spec(spec: JobSpec, submitted_at: float = 0.0) -> JobDemand:

@@ -133,15 +133,17 @@ def profile_of(
     demands: Iterable[JobDemand], limit: int = PROFILE_SHAPES
 ) -> list[tuple[Shape, float]]:
     """The workload's distribution of bundle shapes (the `limit` most common), weights sum to 1."""
-    kinds: dict[tuple[Any, ...], int] = {}  # jobs alike in shape counted once, then expanded
+    kinds: dict[tuple[Any, ...], list[Any]] = {}  # jobs alike in shape counted once, then expanded
     for d in demands:
-        key = (d.bundles, d.exclusive, d.gpu_models, d.min_cc)
-        kinds[key] = kinds.get(key, 0) + 1
+        key = (d.bundles_key, d.exclusive, d.gpu_models, d.min_cc)
+        if key not in kinds:
+            kinds[key] = [d, 0]
+        kinds[key][1] += 1
     counts: dict[Shape, int] = {}
-    for (bundles, exclusive, models, min_cc), n in kinds.items():
-        for b in bundles:
+    for first, n in kinds.values():
+        for b in first.bundles:
             if b.gpus:
-                s = Shape(b, exclusive, models, min_cc)
+                s = Shape(b, first.exclusive, first.gpu_models, first.min_cc)
                 counts[s] = counts.get(s, 0) + n
     ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:limit]
     total = sum(c for _, c in ranked)

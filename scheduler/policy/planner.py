@@ -119,6 +119,7 @@ class _Round:
         self.epoch = 0
         self._tries: dict[tuple[object, ...], tuple[BundleAssignment, ...] | None] = {}
         self._tries_epoch = 0
+        self._got_models: dict[int, tuple[str, ...]] = {}  # id of a placement in _tries -> models
         self._alike_ids: dict[tuple[object, ...], int] = {}
         self._shape_ids: dict[tuple[object, ...], int] = {}
         self._shape_of: dict[str, int] = {}  # job -> the number of its bundles and constraints
@@ -226,13 +227,14 @@ class _Round:
             tuple(measured.get((d.job, m)) for m in self._models) if d.speed_sensitive else None
         )
         runtime = d.runtime_s if self._reliability_matters else None
-        shape = (d.bundles, d.placement, d.exclusive, d.gpu_models, d.min_cc)
+        shape = (d.bundles_key, d.placement, d.exclusive, d.gpu_models, d.min_cc)
         shape_id = self._shape_of[d.job] = self._shape_ids.setdefault(shape, len(self._shape_ids))
         return self._alike_ids.setdefault((shape_id, speeds, runtime), len(self._alike_ids))
 
     def _tried(self, key: tuple[object, ...]) -> tuple[bool, tuple[BundleAssignment, ...] | None]:
         if self._tries_epoch != self.epoch:
             self._tries.clear()
+            self._got_models.clear()
             self._tries_epoch = self.epoch
         if key in self._tries:
             return True, self._tries[key]
@@ -308,7 +310,13 @@ class _Round:
         soon enough that it would end sooner there (earliest finish time); None to start now."""
         if not (d.speed_sensitive and d.runtime_s and all(a.gpu_milli >= GPU_MILLI for a in got)):
             return None
-        models = tuple(self.placer.by_name[a.node].node.gpus[g].model for a in got for g in a.gpus)
+        models = self._got_models.get(id(got))
+        if models is None:
+            models = tuple(
+                self.placer.by_name[a.node].node.gpus[g].model for a in got for g in a.gpus
+            )
+            if self._tries_epoch == self.epoch:
+                self._got_models[id(got)] = models
         key = (alike, models)
         if self._faster_epoch != self.epoch:
             self._faster.clear()

@@ -8,6 +8,8 @@ too few GPUs, CPUs, host memory, GPUs in use), counted.
 
 from __future__ import annotations
 
+import functools
+
 from scheduler.policy.model import GPU_MILLI, JobDemand, cpu_milli, mib
 from scheduler.policy.packing import NodeState, Placer, Shape
 
@@ -26,7 +28,11 @@ def _count(n: int, one: str, many: str) -> str:
 
 def duration(seconds: float) -> str:
     """A short human duration: 45s, 12m, 1h 20m, 2d 3h."""
-    s = max(0, int(round(seconds)))
+    return _duration(max(0, int(round(seconds))))
+
+
+@functools.lru_cache(maxsize=8192)
+def _duration(s: int) -> str:
     if s < 60:
         return f"{s}s"
     if s < 3600:
