@@ -369,6 +369,61 @@ def test_a_backfilled_job_may_use_gpus_the_reservation_does_not_need() -> None:
     assert where(p, "c/long") == [("b", (0,), 1.0)]
 
 
+def test_a_job_turned_away_by_a_reservation_does_not_turn_away_a_shorter_alike_one() -> None:
+    # The round remembers what found no room behind which reservations: a job just like a
+    # rejected one, but ending before the reserved start, must still backfill.
+    nodes = [gpu_node("a", "RTX-4090", 4)]
+    held = running(job("old", 1, 2, runtime=3600), ("a", (0,), 1000), ("a", (1,), 1000))
+    p = run(
+        nodes,
+        job("big", 1, 4, placement="strict_pack", runtime=7200, priority=HIGH),
+        job("long", 1, 2, placement="strict_pack", runtime=7200),
+        job("short", 1, 2, placement="strict_pack", runtime=1800, priority=LOW),
+        running=(held,),
+    )
+    assert p.reservations == {"c/big": 3600.0}
+    assert reasons(p, "c/long")[0].startswith("fits now, but would delay c/big")
+    assert where(p, "c/short") == [("a", (2,), 1.0), ("a", (3,), 1.0)]
+
+
+def test_many_alike_jobs_fill_the_free_gpus_one_by_one() -> None:
+    # 50 jobs of one shape: the first 6 take the free GPUs, the rest wait with the same reason.
+    nodes = [gpu_node("a", "RTX-4090", 4), gpu_node("b", "RTX-4090", 2)]
+    p = run(nodes, *(job(f"j{i:02d}", t=i) for i in range(50)))
+    assert sorted((b.node, b.gpus) for x in p.placements for b in x.bundles) == [
+        ("a", (0,)),
+        ("a", (1,)),
+        ("a", (2,)),
+        ("a", (3,)),
+        ("b", (0,)),
+        ("b", (1,)),
+    ]
+    assert {x.job for x in p.placements} == {f"c/j{i:02d}" for i in range(6)}
+    assert {w.reasons for w in p.waiting} == {
+        ("needs 1 GPU in one node: 1 node has 0 free of 2; 1 node has 0 free of 4",)
+    }
+    assert len(p.waiting) == 44
+
+
+def test_a_preemption_lets_an_alike_job_in_after_one_found_no_room() -> None:
+    # Both urgent jobs find no room; the first preempts a 4-GPU low job and takes 2 GPUs, so the
+    # second, alike, must be tried again rather than remembered as not fitting.
+    nodes = [gpu_node("a", "RTX-4090", 4)]
+    low = running(
+        job("low", 1, 4, priority=LOW, preemptible=True),
+        *(("a", (g,), 1000) for g in range(4)),
+    )
+    p = run(
+        nodes,
+        job("u1", 1, 2, priority=HIGH, placement="strict_pack", t=1),
+        job("u2", 1, 2, priority=HIGH, placement="strict_pack", t=2),
+        running=(low,),
+    )
+    assert [x.job for x in p.preemptions] == ["c/low"]
+    assert where(p, "c/u1") == [("a", (0,), 1.0), ("a", (1,), 1.0)]
+    assert where(p, "c/u2") == [("a", (2,), 1.0), ("a", (3,), 1.0)]
+
+
 # ---------------------------------------------------------------------------- preemption
 
 
