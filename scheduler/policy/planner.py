@@ -14,6 +14,12 @@ The round, in order:
      ahead of it only where they end before that time or leave its resources alone.
   6. Every job left waiting gets its reasons, with numbers, counted per cause.
 No I/O, no clock (`now` is an argument), no randomness: the same input gives the same plan.
+
+Deep queues hold many jobs of a few kinds. Jobs the placer cannot tell apart (same bundles,
+constraints, measured speeds, and runtime where nodes can fail) are searched for once per state
+of the round, and a kind that found no room behind some reservations is not searched again
+behind those or more (room only shrinks during a round, until a preemption). The plan is the
+same as searching for every job; the cost per round grows with the kinds, not the jobs.
 """
 
 from __future__ import annotations
