@@ -19,7 +19,7 @@ Deep queues hold many jobs of a few kinds. Jobs the placer cannot tell apart (sa
 constraints, measured speeds, and runtime where nodes can fail) are searched for once per state
 of the round, and a kind that found no room behind some reservations is not searched again
 behind those or more (room only shrinks during a round, until a preemption). The plan is the
-same as searching for every job; the cost per round grows with the kinds, not the jobs.
+same as searching for every job; the searches per round grow with the kinds, not the jobs.
 """
 
 from __future__ import annotations
