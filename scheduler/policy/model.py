@@ -71,18 +71,20 @@ class JobDemand:
 
     @property
     def gpus(self) -> int:
-        b = self.bundles
-        if b and all(x is b[0] for x in b):  # the usual case: one bundle object, repeated
-            return b[0].gpus * len(b)
-        return sum(x.gpus for x in b)
+        one = self._repeated()
+        return one.gpus * len(self.bundles) if one else sum(b.gpus for b in self.bundles)
 
     @property
     def bundles_key(self) -> tuple[object, ...]:
-        """The bundles as a key that is cheap to hash when they are one object repeated."""
+        """The bundles as a key that is cheap to hash: (bundle, count) when they are one object
+        repeated (the usual case), else the bundles themselves."""
+        one = self._repeated()
+        return (one, len(self.bundles)) if one else self.bundles
+
+    def _repeated(self) -> BundleDemand | None:
+        """The bundle when all bundles are that one object (checked by identity, cheaply)."""
         b = self.bundles
-        if b and all(x is b[0] for x in b):
-            return (b[0], len(b))
-        return b
+        return b[0] if b and all(x is b[0] for x in b) else None
 
 
 def demand_from_spec(spec: JobSpec, submitted_at: float = 0.0) -> JobDemand:

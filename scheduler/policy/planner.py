@@ -119,22 +119,18 @@ class _Round:
         self.notes: dict[str, list[str]] = {}
         self.order: list[JobDemand] = []
         self._ends: dict[str, list[float]] | None = None
-        # Deep queues hold many jobs of a few shapes: where a job of some shape would go is
-        # asked once per state of the round (`epoch`: bumped by every placement, preemption and
-        # reservation) and reused for every later job that the placer cannot tell apart.
-        self.epoch = 0
+        # Deep queues hold many jobs of a few kinds: where a job of some kind would go, and whether
+        # it would rather wait for faster GPUs, is asked once per state of the round and reused
+        # for every later job of that kind; `_new_state` forgets both.
         self._tries: dict[tuple[object, ...], tuple[BundleAssignment, ...] | None] = {}
-        self._tries_epoch = 0
-        self._got_models: dict[int, tuple[str, ...]] = {}  # id of a placement in _tries -> models
+        self._faster: dict[
+            tuple[object, ...], tuple[str, float, list[tuple[str, float, float]]] | None
+        ] = {}
         self._alike_ids: dict[tuple[object, ...], int] = {}
         self._shape_ids: dict[tuple[object, ...], int] = {}
         self._shape_of: dict[str, int] = {}  # job -> the number of its bundles and constraints
         # reservations set aside on the placer now: (which, undo token, GPU thousandths)
         self._held: tuple[frozenset[int], tuple[int, bool], int] | None = None
-        self._faster: dict[
-            tuple[object, ...], tuple[str, float, list[tuple[str, float, float]]] | None
-        ] = {}
-        self._faster_epoch = 0
         self._failed: dict[int, list[frozenset[int]]] = {}  # cleared by preemption
         self._models = sorted({m for t in self.placer.types for m in t.models})
         self._reliability_matters = any(t.mtbf_h is not None for t in self.placer.types)
@@ -237,51 +233,48 @@ class _Round:
         shape_id = self._shape_of[d.job] = self._shape_ids.setdefault(shape, len(self._shape_ids))
         return self._alike_ids.setdefault((shape_id, speeds, runtime), len(self._alike_ids))
 
-    def _tried(self, key: tuple[object, ...]) -> tuple[bool, tuple[BundleAssignment, ...] | None]:
-        if self._tries_epoch != self.epoch:
-            self._tries.clear()
-            self._got_models.clear()
-            self._tries_epoch = self.epoch
-        if key in self._tries:
-            return True, self._tries[key]
-        return False, None
+    def _new_state(self) -> None:
+        """Capacity or reservations changed: forget where kinds of job would go."""
+        self._tries.clear()
+        self._faster.clear()
 
-    def _where(self, d: JobDemand, alike: int) -> tuple[BundleAssignment, ...] | None:
-        """Where `d` would go now without delaying a reservation (None: nowhere); changes
-        nothing. Capacity only shrinks during a round (until a preemption) and reservations are
-        only added, so a job that found no room finds none later with the same reservations or
-        more in its way: such failures are remembered across the round."""
-        held = self._held[2] if self._held is not None else 0
-        if self.placer.least_gpu_milli(d) > self.placer.free_gpu_milli + held:
-            return None
+    def _where(
+        self, d: JobDemand, alike: int
+    ) -> tuple[tuple[BundleAssignment, ...] | None, tuple[object, ...]]:
+        """Where `d` would go now without delaying a reservation (None: nowhere), and the key
+        under which that answer is kept for this state; changes nothing. Capacity only shrinks
+        during a round (until a preemption) and reservations are only added, so a job that found
+        no room finds none later with the same reservations or more in its way: such failures
+        are remembered across the round."""
         end = self._end(d)
         holds = frozenset(i for i, r in enumerate(self.reservations) if end > r.start)
-        if any(h <= holds for h in self._failed.get(alike, ())):
-            return None
         key = (alike, holds)
-        known, got = self._tried(key)
-        if not known:
+        held = self._held[2] if self._held is not None else 0
+        if self.placer.least_gpu_milli(d) > self.placer.free_gpu_milli + held:
+            return None, key
+        if any(h <= holds for h in self._failed.get(alike, ())):
+            return None, key
+        if key not in self._tries:
             self._hold(holds)
             token = self.placer.begin()
-            got = self._tries[key] = self.placer.place(d)
+            self._tries[key] = self.placer.place(d)
             self.placer.end(token, keep=False)
-            if got is None:
+            if self._tries[key] is None:
                 self._failed.setdefault(alike, []).append(holds)
-        return got
+        return self._tries[key], key
 
-    def _fits(self, d: JobDemand) -> bool:
+    def _fits(self, d: JobDemand, alike: int) -> bool:
         """Whether `d` would fit now, reservations aside."""
-        key = (self._alike(d), None)
-        known, got = self._tried(key)
-        if not known:
+        key = (alike, None)
+        if key not in self._tries:
             self._unhold()
             token = self.placer.begin()
-            got = self._tries[key] = self.placer.place(d)
+            self._tries[key] = self.placer.place(d)
             self.placer.end(token, keep=False)
-        return got is not None
+        return self._tries[key] is not None
 
     def _record(self, d: JobDemand, bundles: tuple[BundleAssignment, ...]) -> None:
-        self.epoch += 1
+        self._new_state()
         self.placements.append(Placement(d.job, bundles))
         end = self._end(d)
         self.active[d.job] = _Active(d, bundles, end)
@@ -310,24 +303,17 @@ class _Round:
                     bisect.insort(self._ends.setdefault(n.node.gpus[g].model, []), end)
 
     def _faster_soon(
-        self, d: JobDemand, got: tuple[BundleAssignment, ...], alike: int
+        self, d: JobDemand, got: tuple[BundleAssignment, ...], key: tuple[object, ...]
     ) -> str | None:
         """Why `d` should wait rather than start on `got`, when GPUs of a faster model free up
-        soon enough that it would end sooner there (earliest finish time); None to start now."""
+        soon enough that it would end sooner there (earliest finish time); None to start now.
+        `key` is the one `_where` kept `got` under: jobs with that key were offered the same."""
         if not (d.speed_sensitive and d.runtime_s and all(a.gpu_milli >= GPU_MILLI for a in got)):
             return None
-        models = self._got_models.get(id(got))
-        if models is None:
+        if key not in self._faster:
             models = tuple(
                 self.placer.by_name[a.node].node.gpus[g].model for a in got for g in a.gpus
             )
-            if self._tries_epoch == self.epoch:
-                self._got_models[id(got)] = models
-        key = (alike, models)
-        if self._faster_epoch != self.epoch:
-            self._faster.clear()
-            self._faster_epoch = self.epoch
-        if key not in self._faster:
             self._faster[key] = self._faster_models(d, models)
         found = self._faster[key]
         if found is None:
@@ -373,9 +359,9 @@ class _Round:
 
     def consider(self, d: JobDemand) -> bool:
         alike = self._alike(d)
-        got = self._where(d, alike)
+        got, key = self._where(d, alike)
         if got is not None:
-            why = self._faster_soon(d, got, alike)
+            why = self._faster_soon(d, got, key)
             if why is None:
                 self._unhold()
                 self.placer.allocate_assignments(d, got)
@@ -383,7 +369,7 @@ class _Round:
                 return True
             self.blocked[d.job] = why
             return False
-        if self.reservations and self._fits(d):
+        if self.reservations and self._fits(d, alike):
             r = min(self.reservations, key=lambda r: r.start)
             self.blocked[d.job] = (
                 f"fits now, but would delay {r.job}, reserved to start in"
@@ -465,7 +451,7 @@ class _Round:
             options,
             key=lambda v: (sum(self._lost(r) for r in v), sorted(r.demand.job for r in v)),
         )
-        self.epoch += 1
+        self._new_state()
         self._failed.clear()  # capacity given back: what failed before may fit now
         need = describe_need(d)
         for r in sorted(victims, key=lambda r: r.demand.job):
@@ -543,7 +529,7 @@ class _Round:
         for a in ends[:k]:
             _add_usage(res.released, self.placer, a.demand, a.bundles)
         self.reservations.append(res)
-        self.epoch += 1
+        self._new_state()
 
     # --------------------------------------------------------------- 6. result
 
