@@ -75,6 +75,18 @@ class Node:
         """The distinct GPU models of the node, in index order."""
         return tuple(dict.fromkeys(g.model for g in self.gpus))
 
+    @cached_property
+    def gpu_kinds(
+        self,
+    ) -> tuple[tuple[str, ...], tuple[float, ...], tuple[tuple[int, int], ...]]:
+        """Model, memory (GB) and compute capability of each GPU, in index order: what the
+        policy reads of every node in every round, worked out once per node."""
+        return (
+            tuple(g.model for g in self.gpus),
+            tuple(g.memory_gb for g in self.gpus),
+            tuple(g.compute_capability for g in self.gpus),
+        )
+
 
 @dataclass(frozen=True)
 class ClusterSnapshot:

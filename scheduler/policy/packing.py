@@ -98,14 +98,14 @@ class Sig(NamedTuple):
 class NodeState:
     __slots__ = ("idx", "name", "node", "type", "free", "cpu", "mem", "schedulable", "sid")
 
-    def __init__(self, idx: int, node: Node, ntype: NodeType) -> None:
+    def __init__(self, idx: int, node: Node, ntype: NodeType, cpu: int, mem: int) -> None:
         self.idx = idx
         self.name = node.name
         self.node = node
         self.type = ntype
         self.free = [GPU_MILLI] * len(node.gpus)
-        self.cpu = cpu_milli(node.cpus) if node.cpus else 0
-        self.mem = mib(node.memory_gb) if node.memory_gb else 0
+        self.cpu = cpu
+        self.mem = mem
         self.schedulable = node.schedulable
         self.sid = -1
 
@@ -168,20 +168,43 @@ class Placer:
         nodes: Sequence[Node],
         profile: Profile = (),
         speeds: Mapping[tuple[str, str], float] | None = None,
+        held: Iterable[tuple[JobDemand, Sequence[BundleAssignment]]] = (),
     ) -> None:
+        """`held`: the jobs (demand, bundles) already holding capacity, taken in bulk; the same
+        as `allocate_assignments` for each, in one pass (a round starts with thousands)."""
         types: dict[tuple[Any, ...], NodeType] = {}
+        by_kinds: dict[tuple[Any, ...], NodeType] = {}  # the same, looked up by raw values
+        sizes: dict[tuple[float, float], tuple[int, int]] = {}  # (cpus, GB) -> (milli, MiB)
         self.nodes: list[NodeState] = []
         for i, node in enumerate(sorted(nodes, key=lambda n: n.name)):
-            key = (
-                tuple(g.model for g in node.gpus),
-                tuple(mib(g.memory_gb) for g in node.gpus),
-                tuple(g.compute_capability for g in node.gpus),
-                mtbf_bucket(node.mtbf_h),
-            )
-            if key not in types:
-                types[key] = NodeType(*key)
-            self.nodes.append(NodeState(i, node, types[key]))
+            raw = (node.gpu_kinds, node.mtbf_h)
+            ntype = by_kinds.get(raw)
+            if ntype is None:
+                models, memory_gb, cc = node.gpu_kinds
+                key = (models, tuple(mib(m) for m in memory_gb), cc, mtbf_bucket(node.mtbf_h))
+                if key not in types:
+                    types[key] = NodeType(*key)
+                ntype = by_kinds[raw] = types[key]
+            size = sizes.get((node.cpus, node.memory_gb))
+            if size is None:
+                size = sizes[(node.cpus, node.memory_gb)] = (
+                    cpu_milli(node.cpus) if node.cpus else 0,
+                    mib(node.memory_gb) if node.memory_gb else 0,
+                )
+            self.nodes.append(NodeState(i, node, ntype, *size))
         self.by_name = {n.name: n for n in self.nodes}
+        for demand, bundles in held:
+            for a, b in zip(bundles, demand.bundles, strict=False):
+                n = self.by_name.get(a.node)
+                if n is None:
+                    continue  # a node that left: nothing to account
+                if a.gpus:
+                    free = n.free
+                    for g in a.gpus:
+                        if 0 <= g < len(free):
+                            free[g] -= a.gpu_milli
+                n.cpu -= b.cpu_milli
+                n.mem -= b.memory_mib
         self.types = list(types.values())
         self.profile = list(profile)
         self.speeds = dict(speeds or {})
@@ -203,6 +226,7 @@ class Placer:
         self._shares: dict[tuple[NodeType, Shape], tuple[int | None, ...]] = {}
         self.pressure = self._pressures()
         self._log: list[tuple[int, tuple[int, ...], int, int, int]] | None = None
+        self._kinds: list[tuple[NodeState, int]] | None = None
 
     def copy(self) -> Placer:
         """An independent placer in the same state (caches are shared: they key on state)."""
@@ -223,7 +247,30 @@ class Placer:
         other._sig_ids, other._sigs, other._shape_ids = self._sig_ids, self._sigs, self._shape_ids
         other._frag, other._evals, other._shares = self._frag, self._evals, self._shares
         other._log = None
+        other._kinds = None
         return other
+
+    def states(self) -> list[tuple[NodeState, int]]:
+        """One node of each state and how many are in it; the unschedulable ones as one group."""
+        out = [(self.nodes[members[0]], len(members)) for members in self.classes.values()]
+        off = [n for n in self.nodes if not n.schedulable]
+        if off:
+            out.append((off[0], len(off)))
+        return out
+
+    def kinds(self) -> list[tuple[NodeState, int]]:
+        """One node of each kind (GPUs, CPUs and memory in all, schedulable or not) and how many
+        there are: what an idle cluster offers."""
+        if self._kinds is None:
+            counts: dict[tuple[Any, ...], list[Any]] = {}
+            for n in self.nodes:
+                key = (n.type, n.node.cpus, n.node.memory_gb, n.schedulable)
+                if key in counts:
+                    counts[key][1] += 1
+                else:
+                    counts[key] = [n, 1]
+            self._kinds = [(n, c) for n, c in counts.values()]
+        return self._kinds
 
     def _pressures(self) -> dict[str, float]:
         """How much of the workload can run only on a subset of GPU models, per model.

@@ -107,10 +107,11 @@ class _Round:
         self.running = {r.demand.job: r for r in running}
         self.queue = [q.demand for q in queue if q.demand.job not in self.running]
         profile = profile_of([*self.queue, *(r.demand for r in running)])
-        self.placer = Placer(snapshot.nodes, profile, snapshot.speeds)
+        self.placer = Placer(
+            snapshot.nodes, profile, snapshot.speeds, held=[(r.demand, r.bundles) for r in running]
+        )
         self.active: dict[str, _Active] = {}
         for r in running:
-            self.placer.allocate_assignments(r.demand, r.bundles)
             self.active[r.demand.job] = _Active(r.demand, r.bundles, r.expected_end(now))
         self.placements: list[Placement] = []
         self.preemptions: list[Preemption] = []

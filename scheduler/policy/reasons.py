@@ -163,10 +163,12 @@ def _causes(placer: Placer, demand: JobDemand, idle: bool) -> list[str]:
     shape = Shape.of(demand, demand.bundles[0])
     per_node = len(demand.bundles) if one_node(demand) else 1
     counts: dict[tuple[int, str, tuple[int, ...]], int] = {}
-    for n in placer.nodes:
+    # nodes in one state (or, idle, of one kind) have the same cause: one look per class
+    groups = placer.kinds() if idle else placer.states()
+    for n, count in groups:
         cause = _node_cause(placer, n, shape, per_node, idle)
         if cause is not None:
-            counts[cause] = counts.get(cause, 0) + 1
+            counts[cause] = counts.get(cause, 0) + count
     return [_cause_text(k[1], k[2], c, demand) for k, c in sorted(counts.items())]
 
 
@@ -203,10 +205,10 @@ def _fits_idle(placer: Placer, demand: JobDemand) -> bool:
     if one_node(demand):
         return any(
             _node_cause(placer, n, shape, len(demand.bundles), idle=True) is None
-            for n in placer.nodes
+            for n, _ in placer.kinds()
         )
     slots = 0
-    for n in placer.nodes:
+    for n, count in placer.kinds():
         if _node_cause(placer, n, shape, 1, idle=True) is None:
             b = shape.bundle
             by_gpu = len(demand.bundles)
@@ -218,5 +220,5 @@ def _fits_idle(placer: Placer, demand: JobDemand) -> bool:
                 by_gpu = sum(c // b.gpus for c in counts.values())
             by_cpu = cpu_total(n) // b.cpu_milli if b.cpu_milli else len(demand.bundles)
             by_mem = mem_total(n) // b.memory_mib if b.memory_mib else len(demand.bundles)
-            slots += min(by_gpu, by_cpu, by_mem)
+            slots += min(by_gpu, by_cpu, by_mem) * count
     return slots >= len(demand.bundles)

@@ -29,6 +29,7 @@ from scheduler.policy import (
     RunningJob,
     plan,
 )
+from scheduler.policy.packing import Placer
 
 MODELS = ("T4", "RTX-3090", "RTX-4090", "A100-80GB")
 COMMUNITIES = ("lab", "swahili-nlp", "coop")
@@ -522,3 +523,29 @@ def test_preemption_happens_only_for_a_high_priority_job_that_then_runs_where_vi
         assert fits_idle(s.snapshot.nodes, d), job
         freed = {a.node for v in jobs for a in running[v].bundles}
         assert freed & {a.node for a in placements[job].bundles}, (job, sorted(jobs))
+
+
+@SETTINGS
+@given(scenarios())
+def test_a_placer_built_with_the_running_jobs_equals_one_that_takes_them_one_by_one(
+    s: Scenario,
+) -> None:
+    """A round builds its free capacity in one pass over the running jobs; it must come out
+    exactly as accounting each job's bundles in turn would (free per GPU, CPU, memory, the
+    classes of interchangeable nodes, the free total)."""
+    held = [(r.demand, r.bundles) for r in s.running]
+    bulk = Placer(s.snapshot.nodes, held=held)
+    one_by_one = Placer(s.snapshot.nodes)
+    for demand, bundles in held:
+        one_by_one.allocate_assignments(demand, bundles)
+
+    def state(p: Placer) -> tuple[object, ...]:
+        def sig(sid: int) -> tuple[object, ...]:
+            t, free, cpu, mem = p._sigs[sid]  # noqa: SLF001
+            return (t.models, t.gpu_memory_mib, t.cc, t.mtbf_h, free, cpu, mem)
+
+        nodes = [(n.name, n.free, n.cpu, n.mem, sig(n.sid)) for n in p.nodes]
+        classes = {sig(sid): members for sid, members in p.classes.items()}
+        return nodes, classes, p.free_gpu_milli
+
+    assert state(bulk) == state(one_by_one)
