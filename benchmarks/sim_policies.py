@@ -35,7 +35,7 @@ from rich.table import Table
 
 from scheduler.cluster import ClusterSnapshot, load_cluster
 from scheduler.sim.churn import ChurnSpec
-from scheduler.sim.engine import simulate
+from scheduler.sim.engine import SimResult, simulate
 from scheduler.sim.fill import trace_dir
 from scheduler.sim.generate import job_stream, volunteer_fleet
 from scheduler.sim.metrics import summary
@@ -45,6 +45,8 @@ from scheduler.sim.traces import cluster_from_spot, read_trace
 
 CHURN = "exp:mtbf=12h,mttr=1h,spread=lognormal:1.0"
 out = Console()
+if not out.is_terminal:
+    out = Console(width=120)  # piped to a file: wide enough for every column
 err = Console(stderr=True)
 
 
@@ -140,9 +142,23 @@ def scale(args: argparse.Namespace) -> list[dict[str, Any]]:
     fleet = cluster_from_spot(trace_dir().parent / "alibaba-spot-2026" / "node_info_df.csv")
     trace = job_stream(args.scale_jobs, seed=2, mean_interarrival_s=args.scale_interarrival)
     start = time.perf_counter()
-    result = simulate(fleet, trace, policy_by_name("mesh"))
+    total_events = 2 * len(trace.jobs)  # an arrival and an end each, without preemptions
+    shown = 0
+
+    def progress(events: int, now: float) -> None:
+        nonlocal shown
+        if events - shown >= 20_000:
+            shown = events
+            err.print(
+                f"  scale: {events:,} of about {total_events:,} events, simulated"
+                f" {now / 3600:,.1f} h, {time.perf_counter() - start:,.0f} s"
+            )
+
+    err.print(f"  mesh on {len(trace.jobs):,} jobs, {fleet.total_gpus:,} GPUs...")
+    result = simulate(fleet, trace, policy_by_name("mesh"), progress=progress)
     wall = time.perf_counter() - start
     s = summary(result)
+    waiting = most_waiting(result)
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     t = Table(
         title=f"Scale: {len(trace.jobs):,} jobs on the spot fleet ({fleet.total_gpus:,} GPUs)"
@@ -151,11 +167,13 @@ def scale(args: argparse.Namespace) -> list[dict[str, Any]]:
         "wall s",
         "events",
         "events/s",
-        "plan calls",
-        "s per plan call",
+        "plans",
+        "s/plan",
         "peak GiB",
         "finished",
-        "avg JCT s",
+        "JCT s",
+        "queue s",
+        "most waiting",
     ):
         t.add_column(c, justify="right")
     t.add_row(
@@ -167,9 +185,25 @@ def scale(args: argparse.Namespace) -> list[dict[str, Any]]:
         f"{peak_gib:.2f}",
         f"{s['finished']:,}",
         f"{s['avg_jct_s']:,.0f}",
+        f"{s['avg_queue_s']:,.0f}",
+        f"{waiting:,}",
     )
     out.print(t)
-    return [{**s, "scenario": "scale", "wall_s": wall, "peak_gib": peak_gib}]
+    return [
+        {**s, "scenario": "scale", "wall_s": wall, "peak_gib": peak_gib, "most_waiting": waiting}
+    ]
+
+
+def most_waiting(result: SimResult) -> int:
+    """The most jobs waiting for their first start at any moment of the run."""
+    steps = [(j.arrival_s, 1) for j in result.jobs]
+    steps += [(j.first_start_s, -1) for j in result.jobs if j.first_start_s is not None]
+    steps.sort()  # at equal times a start (-1) comes before an arrival
+    now = most = 0
+    for _, change in steps:
+        now += change
+        most = max(most, now)
+    return most
 
 
 def main() -> None:
