@@ -15,7 +15,9 @@ each baseline. Scenarios:
   drawn by the churn model) under `exp:mtbf=12h,mttr=1h,spread=lognormal:1.0`, fed a seeded
   stream of fine-tunes (scheduler.sim.generate.job_stream); lost GPU-hours of each policy.
 - scale: --scale-jobs jobs (100,000 by default) of the same stream on the Alibaba spot fleet
-  (10,412 GPUs) with `mesh`: wall time, events/s, planning calls, peak memory.
+  (10,412 GPUs) with `mesh`, one every --scale-interarrival seconds on average (0.8 by default:
+  more GPU demand than the fleet has, so thousands of jobs wait at once): wall time, events/s,
+  planning calls, peak memory, mean queueing delay and the most jobs waiting at once.
 
 The fill procedure (FGD, openb pod lists) is benchmarks/packing.py.
 """
@@ -216,7 +218,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1", help="Gavel trace seeds, e.g. 0 or 0,1")
     ap.add_argument("--churn-jobs", type=int, default=3000)
     ap.add_argument("--scale-jobs", type=int, default=100_000)
-    ap.add_argument("--scale-interarrival", type=float, default=1.7)
+    ap.add_argument("--scale-interarrival", type=float, default=0.8)
     ap.add_argument(
         "--policies", default=",".join(POLICY_NAMES), help="Gavel: the policies to compare"
     )

@@ -15,7 +15,9 @@ the node left tightest (best-fit), then the name.
 
 Within a node, a shared (fractional) bundle takes the GPU with the least free capacity that
 still fits (best-fit), the same rule as Ray's raylet, so the planner's accounting of shared GPUs
-matches what Ray enforces (notes/ray-2.60.md). Whole GPUs are taken lowest index first.
+matches what Ray enforces (notes/ray-2.60.md); FGD's own choice within a node (the GPU that grows
+fragmentation least) measured no better on the openb lists (benchmarks/README.md). Whole GPUs are
+taken lowest index first.
 
 Nodes in the same state (same GPUs, same free capacity) are interchangeable, so the search runs
 over classes of identical nodes with cached scores; the first node by name in the best class wins.
