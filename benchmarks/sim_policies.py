@@ -92,7 +92,7 @@ def table(title: str, rows: list[dict[str, Any]], columns: tuple[str, ...]) -> N
 def gavel(args: argparse.Namespace) -> list[dict[str, Any]]:
     cluster = load_cluster("examples/clusters/gavel-108.yaml")
     found = []
-    for seed in (int(x) for x in args.seeds.split(",")):
+    for seed in args.seeds:
         trace = read_trace(
             trace_dir().parent / "gavel" / f"seed={seed}", "gavel", time_scale=args.time_scale
         )
@@ -223,6 +223,10 @@ def main() -> None:
         "--policies", default=",".join(POLICY_NAMES), help="Gavel: the policies to compare"
     )
     args = ap.parse_args()
+    try:
+        args.seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    except ValueError:
+        ap.error(f"--seeds: {args.seeds!r} is not a list of seeds; write e.g. 0 or 0,1")
     args.policies = tuple(p.strip() for p in args.policies.split(",") if p.strip())
     unknown = [p for p in args.policies if p not in POLICY_NAMES]
     if unknown:

@@ -159,14 +159,14 @@ def _cause_text(key: str, nums: tuple[int, ...], count: int, demand: JobDemand) 
     return _count(count, f"has {free} free of {total}", f"have {free} free of {total}")
 
 
-def _causes(placer: Placer, demand: JobDemand, idle: bool) -> list[str]:
+def _causes(placer: Placer, demand: JobDemand) -> list[str]:
+    """Why each node cannot take the job now, counted per cause."""
     shape = Shape.of(demand, demand.bundles[0])
     per_node = len(demand.bundles) if one_node(demand) else 1
     counts: dict[tuple[int, str, tuple[int, ...]], int] = {}
-    # nodes in one state (or, idle, of one kind) have the same cause: one look per class
-    groups = placer.kinds() if idle else placer.states()
-    for n, count in groups:
-        cause = _node_cause(placer, n, shape, per_node, idle)
+    # nodes in one state have the same cause: one look per class of interchangeable nodes
+    for n, count in placer.states():
+        cause = _node_cause(placer, n, shape, per_node, idle=False)
         if cause is not None:
             counts[cause] = counts.get(cause, 0) + count
     return [_cause_text(k[1], k[2], c, demand) for k, c in sorted(counts.items())]
@@ -188,7 +188,7 @@ def explain(placer: Placer, demand: JobDemand) -> list[str]:
     if not demand.bundles:
         return ["has no bundles to place"]
     head = describe_need(demand)
-    causes = _causes(placer, demand, idle=False)
+    causes = _causes(placer, demand)
     if not one_node(demand):
         fit = min(capacity_now(placer, demand), len(demand.bundles))
         causes.insert(0, f"{fit} of {len(demand.bundles)} fit now")

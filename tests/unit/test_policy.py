@@ -235,6 +235,15 @@ def test_a_gang_is_placed_whole_or_not_at_all() -> None:
     ]
 
 
+def test_a_gang_over_identical_busy_nodes_is_told_it_waits_not_that_it_never_fits() -> None:
+    # Four identical 1-GPU nodes, all busy: a 4-GPU gang fits the idle cluster (one GPU on each),
+    # so it only waits; identical nodes are looked at once and must count four times over.
+    nodes = [gpu_node(n) for n in "abcd"]
+    busy = tuple(running(job(f"r{n}"), (n, (0,), 1000)) for n in "abcd")
+    p = run(nodes, job("x", 1, 4), running=busy)
+    assert reasons(p, "c/x") == ["needs 4 GPUs (pack): 0 of 4 fit now; 4 nodes have 0 free of 1"]
+
+
 def test_nothing_is_placed_on_a_node_that_is_not_schedulable() -> None:
     nodes = [gpu_node("a", schedulable=False), gpu_node("b", "T4")]
     p = run(nodes, job("x", models={"RTX-4090"}))
